@@ -1,0 +1,22 @@
+"""Shared defaults for experiment configs (files starting with _ are not experiments)."""
+import ml_collections
+
+from jaxformer.config import model_config_dict
+from jaxformer.nn.config import TransformerConfig
+
+
+def base_config(model: TransformerConfig, model_kind: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = ""
+  c.seed = 0
+  c.model_kind = model_kind
+  c.model = model_config_dict(model)
+  c.data = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, batch_size=32, grad_accum=1, log_every=50, eval_every=250,
+      eval_batches=4, eval_batch_size=64, tensorboard=True))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
+      b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, clip_norm=1.0, label_smoothing=0.0))
+  c.sample = ml_collections.ConfigDict(dict(prompt="def ", num_tokens=300, temperature=0.8, top_k=0))
+  return c

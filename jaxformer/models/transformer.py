@@ -1,0 +1,160 @@
+"""The three model families, all built from `jaxformer.nn`.
+
+- `DecoderOnly`: GPT-2 / BLOOM / Llama-style language models (pick the style with
+  `TransformerConfig.gpt2()` / `.bloom()` / `.llama()` or set the fields directly).
+- `EncoderDecoder`: the Transformer of "Attention Is All You Need" (Vaswani et al. 2017),
+  with one embedding shared by source, target and output (section 3.4).
+- `EncoderClassifier`: a bidirectional encoder with a pooled classification head
+  (BERT / Long Range Arena style).
+
+Padding: when `segment_ids` is not given and `cfg.pad_id` is set, tokens equal
+to `pad_id` form segment 0 and real tokens segment 1, so no real token attends
+to padding. Packed batches pass their own `segment_ids` (0 = padding) and `positions`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxformer.nn.blocks import Stack
+from jaxformer.nn.config import TransformerConfig
+from jaxformer.nn.layers import Embed, Norm, constrain, param_init
+from jaxformer.nn.positions import LearnedPositions, sinusoidal
+
+
+def default_segments(cfg: TransformerConfig, tokens, segment_ids):
+  if segment_ids is not None or cfg.pad_id is None:
+    return segment_ids
+  return (tokens != cfg.pad_id).astype(jnp.int32)
+
+
+def default_positions(tokens, positions):
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if positions is None else positions
+
+
+class Embedder(nn.Module):
+  """Token embedding (+ absolute positions, + embedding norm) and dropout."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.tokens = Embed(cfg)
+    if cfg.position == "learned":
+      self.positions = LearnedPositions(cfg.max_len, cfg.d_model, cfg.init_std or 0.02, cfg.param_dtype)
+    if cfg.embedding_norm:
+      self.norm = Norm(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, tokens, positions, deterministic: bool = True):
+    cfg = self.cfg
+    x = self.tokens(tokens)  # [B, T, D]
+    if cfg.scale_embeddings:
+      x = x * jnp.sqrt(cfg.d_model).astype(x.dtype)
+    if cfg.position == "sinusoidal":
+      x = x + sinusoidal(positions, cfg.d_model).astype(x.dtype)
+    elif cfg.position == "learned":
+      x = x + self.positions(positions).astype(x.dtype)
+    if cfg.embedding_norm:
+      x = self.norm(x)
+    x = self.dropout(x, deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed"))
+
+  def logits(self, x):
+    """Output projection: tied to the token embedding; fp32 logits [B, T, V]."""
+    return self.tokens.attend(x).astype(jnp.float32)
+
+
+class OutputHead(nn.Module):
+  """Untied output projection [D, V]."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    return nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                           param_dtype=jnp.dtype(cfg.param_dtype),
+                           kernel_init=param_init(cfg, ("embed", "vocab")))(x).astype(jnp.float32)
+
+
+class DecoderOnly(nn.Module):
+  """Causal language model: tokens [B, T] -> logits [B, T, V] (float32)."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    self.embedder = Embedder(self.cfg)
+    self.decoder = Stack(self.cfg, self.cfg.num_layers, causal=True)
+    if not self.cfg.tie_embeddings:
+      self.head = OutputHead(self.cfg)
+
+  def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True):
+    positions = default_positions(tokens, positions)
+    segment_ids = default_segments(self.cfg, tokens, segment_ids)
+    x = self.embedder(tokens, positions, deterministic)
+    x = self.decoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
+    logits = self.embedder.logits(x) if self.cfg.tie_embeddings else self.head(x)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+
+class EncoderDecoder(nn.Module):
+  """Vaswani et al. 2017: source [B, S] and shifted target [B, T] -> logits [B, T, V]."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = Embedder(cfg)  # shared by encoder, decoder and output (section 3.4)
+    self.encoder = Stack(cfg, cfg.encoder_layers)
+    self.decoder = Stack(cfg, cfg.num_layers, causal=True, cross=True)
+    if not cfg.tie_embeddings:
+      self.head = OutputHead(cfg)
+
+  def encode(self, inputs, *, positions=None, segment_ids=None, deterministic: bool = True):
+    positions = default_positions(inputs, positions)
+    segment_ids = default_segments(self.cfg, inputs, segment_ids)
+    x = self.embedder(inputs, positions, deterministic)
+    return self.encoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
+
+  def decode(self, encoded, inputs, decoder_inputs, *, positions=None, segment_ids=None,
+             encoder_segment_ids=None, deterministic: bool = True):
+    """`inputs` (the source tokens) only supply the encoder padding mask."""
+    positions = default_positions(decoder_inputs, positions)
+    segment_ids = default_segments(self.cfg, decoder_inputs, segment_ids)
+    encoder_segment_ids = default_segments(self.cfg, inputs, encoder_segment_ids)
+    cross = None
+    if encoder_segment_ids is not None:
+      cross = (segment_ids if segment_ids is not None else jnp.ones(decoder_inputs.shape, jnp.int32),
+               encoder_segment_ids)
+    y = self.embedder(decoder_inputs, positions, deterministic)
+    y = self.decoder(y, encoded, positions=positions, segment_ids=segment_ids,
+                     cross_segment_ids=cross, deterministic=deterministic)
+    logits = self.embedder.logits(y) if self.cfg.tie_embeddings else self.head(y)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+  def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, inputs_segment_ids=None,
+               decoder_positions=None, decoder_segment_ids=None, deterministic: bool = True):
+    encoded = self.encode(inputs, positions=inputs_positions, segment_ids=inputs_segment_ids,
+                          deterministic=deterministic)
+    return self.decode(encoded, inputs, decoder_inputs, positions=decoder_positions,
+                       segment_ids=decoder_segment_ids, encoder_segment_ids=inputs_segment_ids,
+                       deterministic=deterministic)
+
+
+class EncoderClassifier(nn.Module):
+  """Bidirectional encoder + pooling + linear head: tokens [B, T] -> logits [B, num_classes]."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True):
+    cfg = self.cfg
+    positions = default_positions(tokens, positions)
+    segment_ids = default_segments(cfg, tokens, segment_ids)
+    x = Embedder(cfg, name="embedder")(tokens, positions, deterministic)
+    x = Stack(cfg, cfg.num_layers, name="encoder")(
+        x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
+    if cfg.pooling == "first":
+      pooled = x[:, 0]
+    else:
+      keep = (segment_ids > 0 if segment_ids is not None else jnp.ones(tokens.shape, bool))[..., None]
+      pooled = jnp.sum(jnp.where(keep, x, 0), axis=1) / jnp.maximum(jnp.sum(keep, axis=1), 1)
+    return nn.DenseGeneral(cfg.num_classes, dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype),
+                           kernel_init=param_init(cfg, ("embed", "classes")),
+                           bias_init=param_init(cfg, ("classes",), "zeros"), name="head")(pooled).astype(jnp.float32)

@@ -1,0 +1,66 @@
+"""Multi-head attention layer (Vaswani et al. 2017, section 3.2) with GQA/MQA.
+
+Projections live here; the attention itself always goes through
+`jaxformer.attention.attention`, whose backend is `cfg.attention_impl`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxformer.attention import attention
+from jaxformer.nn.config import TransformerConfig
+from jaxformer.nn.layers import constrain, param_init
+from jaxformer.nn.positions import alibi_bias, rope
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention (`context=None`) or cross-attention over `context`.
+
+  Query heads N = cfg.num_heads share K = cfg.kv_heads key/value heads.
+  RoPE and ALiBi apply to self-attention only (they encode the relative position
+  of two tokens of the same sequence).
+  """
+  cfg: TransformerConfig
+  causal: bool = False
+
+  @nn.compact
+  def __call__(self, x, context=None, *, positions=None, segment_ids=None, deterministic: bool = True):
+    """x [B, T, D]; context [B, S, D]; positions [B, T] (self-attention);
+    segment_ids [B, T] or a ([B, T], [B, S]) pair -> [B, T, D]."""
+    cfg = self.cfg
+    is_self = context is None
+    context = x if is_self else context
+    N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+
+    def proj(heads, head_axis, name):
+      return nn.DenseGeneral(
+          (heads, H), use_bias=cfg.qkv_bias, dtype=cfg.compute_dtype,
+          param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+          kernel_init=param_init(cfg, ("embed", head_axis, "kv")),
+          bias_init=param_init(cfg, (head_axis, "kv"), "zeros"))
+
+    q = constrain(proj(N, "heads", "query")(x), ("batch", "length", "heads", "kv"))  # [B, T, N, H]
+    k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv"))  # [B, S, K, H]
+    v = constrain(proj(K, "kv_heads", "value")(context), ("batch", "length", "kv_heads", "kv"))
+
+    bias = None
+    if is_self and cfg.position in ("rope", "alibi"):
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+      if cfg.position == "rope":
+        q = rope(q, positions, cfg.rope_theta, cfg.rope_fraction)
+        k = rope(k, positions, cfg.rope_theta, cfg.rope_fraction)
+      else:
+        bias = alibi_bias(positions, positions, N)  # [B, N, T, T]
+
+    dropout = cfg.attention_dropout_rate if not deterministic else 0.0
+    out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias,
+                    dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
+                    implementation=cfg.attention_impl)  # [B, T, N, H]
+    out = constrain(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(
+        x.shape[-1], axis=(-2, -1), use_bias=cfg.out_bias, dtype=cfg.compute_dtype,
+        param_dtype=jnp.dtype(cfg.param_dtype), name="out",
+        kernel_init=param_init(cfg, ("heads", "kv", "embed")),
+        bias_init=param_init(cfg, ("embed",), "zeros"))(out)

@@ -1,0 +1,174 @@
+"""`train(config, workdir)`: the whole training run, importable from a notebook.
+
+Reads like a recipe: data -> model -> optimizer -> jitted steps -> loop with
+logging and periodic eval -> final eval, a task-specific demo (text sample or
+greedy-decoding exact match), a loss curve, the saved params and results.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxformer.data import build_dataset
+from jaxformer.decode import generate, greedy_seq2seq
+from jaxformer.models import build_model
+from jaxformer.nn.config import TransformerConfig
+from jaxformer.train.checkpoint import save_run
+from jaxformer.train.metrics import MetricWriter, plot_loss_curves
+from jaxformer.train.optim import make_optimizer
+from jaxformer.train.step import create_train_state, init_params, make_eval_step, make_train_step
+
+log = logging.getLogger("jaxformer.train")
+_DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq"}
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config, vocab_size: int) -> TransformerConfig:
+  """config.model as a TransformerConfig; vocab_size 0 means "take it from the data"."""
+  fields = config.model.to_dict()
+  if not fields.get("vocab_size"):
+    fields["vocab_size"] = vocab_size
+  elif fields["vocab_size"] < vocab_size:
+    raise ValueError(f"model.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
+                     f"{vocab_size}; set it to 0 to take the tokenizer's size")
+  return TransformerConfig.from_dict(fields)
+
+
+def evaluate(eval_step, params, batches) -> dict[str, float]:
+  sums = None
+  for batch in batches:
+    out = eval_step(params, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  w = max(float(sums["weight"]), 1.0)
+  nll = float(sums["nll"]) / w
+  return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "accuracy": float(sums["correct"]) / w}
+
+
+def exact_match(model, params, ds, batches) -> float:
+  """Fraction of eval examples whose greedy decoding equals the target exactly (incl. EOS)."""
+  hits = total = 0
+  for batch in batches:
+    pred = greedy_seq2seq(model, params, jnp.asarray(batch["inputs"]), max_len=ds.target_len,
+                          bos_id=ds.bos_id, eos_id=ds.eos_id)
+    hits += int(np.sum(np.all(np.asarray(pred) == batch["targets"], axis=1)))
+    total += len(batch["targets"])
+  return hits / max(total, 1)
+
+
+def sample_text(model, params, tokenizer, sample_cfg, seed: int, context: int) -> str:
+  prompt = jnp.asarray([tokenizer.encode(sample_cfg.prompt)], jnp.int32)
+  out = generate(model, params, prompt, jax.random.key(seed), max_new_tokens=sample_cfg.num_tokens,
+                 temperature=sample_cfg.temperature, top_k=sample_cfg.top_k or None, context=context)
+  return tokenizer.decode(np.asarray(out[0]))
+
+
+def _fresh_workdir(workdir: Path) -> None:
+  """This loop does not resume yet: clear what an earlier run left, loudly."""
+  stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png")]
+  stale = [p for p in stale if p.exists()]
+  if stale:
+    log.warning("workdir %s holds an earlier run; replacing %s", workdir, [p.name for p in stale])
+  for p in stale:
+    shutil.rmtree(p) if p.is_dir() else p.unlink()
+  workdir.mkdir(parents=True, exist_ok=True)
+
+
+def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
+  """Train the experiment `config` in `workdir`; returns the results dict (also saved as results.json)."""
+  t_start = time.time()
+  workdir = Path(workdir)
+  tc = config.train
+  ds = build_dataset(config.data, config.seed)
+  if _DATA_FOR_MODEL.get(config.model_kind) != ds.kind:
+    raise ValueError(f"model_kind={config.model_kind!r} cannot train on data.name={config.data.name!r} "
+                     f"(a {ds.kind} dataset)")
+  cfg = model_config(config, ds.vocab_size)
+  model = build_model(config.model_kind, cfg)
+  tx, schedule = make_optimizer(config.optim, cfg.d_model, tc.steps)
+  params, _ = init_params(model, config.model_kind, ds.train_batch(0, tc.batch_size), config.seed)
+  state = create_train_state(params, tx, config.seed)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  log.info("%s with %.2fM parameters on %s", config.model_kind, n_params / 1e6, jax.devices()[0].platform)
+
+  train_step = jax.jit(make_train_step(model, config.model_kind, tx, schedule,
+                                       label_smoothing=config.optim.label_smoothing,
+                                       grad_accum=tc.grad_accum), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, config.model_kind))
+  eval_set = ds.eval_batches(tc.eval_batches, tc.eval_batch_size)
+
+  _fresh_workdir(workdir)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+  pending, window_start, compile_s = [], time.time(), None
+  bar = tqdm(range(tc.steps), desc="train", disable=not progress, dynamic_ncols=True)
+  for step in bar:
+    state, metrics = train_step(state, ds.train_batch(step, tc.batch_size))
+    pending.append(metrics)
+    if compile_s is None:  # exclude compilation from throughput
+      jax.block_until_ready(metrics)
+      compile_s, window_start, pending = time.time() - window_start, time.time(), []
+      continue
+    last = step + 1 == tc.steps
+    if (step + 1) % tc.log_every == 0 or last:
+      host = jax.device_get(pending)
+      for i, m in enumerate(host):
+        if not all(math.isfinite(float(m[k])) for k in ("loss", "grad_norm")):
+          raise NonFiniteLossError(f"non-finite loss or gradient at step {step + 1 - len(host) + i + 1}: "
+                                   f"{ {k: float(v) for k, v in m.items()} }; lower optim.lr or check the data")
+      elapsed = time.time() - window_start
+      avg = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "tokens"}
+      avg["tokens_per_s"] = float(sum(m["tokens"] for m in host)) / max(elapsed, 1e-9)
+      avg["perplexity"] = math.exp(min(avg["nll"], 50.0))
+      writer.write(step + 1, "train", avg)
+      bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
+      pending, window_start = [], time.time()
+    if tc.eval_every and ((step + 1) % tc.eval_every == 0 or last):
+      ev = evaluate(eval_step, state.params, eval_set)
+      writer.write(step + 1, "eval", ev)
+      bar.write(f"step {step + 1:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
+                f"acc {ev['accuracy']:.4f}")
+  bar.close()
+  writer.close()
+
+  final = evaluate(eval_step, state.params, eval_set)
+  results = {"experiment": config.get("name", ""), "step": int(state.step), "eval": final,
+             "num_params": int(n_params), "compile_s": round(compile_s or 0.0, 2),
+             "train_s": round(time.time() - t_start, 2), "hardware": _hardware(), "versions": _versions()}
+  if ds.kind == "seq2seq":
+    em_batches = ds.eval_batches(tc.eval_batches, tc.eval_batch_size)
+    results["exact_match"] = exact_match(model, state.params, ds, em_batches)
+  else:
+    results["sample"] = sample_text(model, state.params, ds.tokenizer, config.sample, config.seed,
+                                    context=ds.seq_len)
+  save_run(workdir, config.model_kind, cfg, state.params, ds.tokenizer)
+  if (workdir / "metrics.jsonl").exists():
+    plot_loss_curves(workdir)
+  results["total_s"] = round(time.time() - t_start, 2)
+  (workdir / "results.json").write_text(json.dumps(results, indent=1))
+  return results
+
+
+def _hardware() -> str:
+  d = jax.devices()[0]
+  return f"{len(jax.devices())}x {d.device_kind} ({d.platform}), {platform.machine()}"
+
+
+def _versions() -> dict[str, str]:
+  import flax
+  import optax
+  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__}

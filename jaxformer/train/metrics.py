@@ -1,0 +1,70 @@
+"""Where metrics go: `metrics.jsonl` (one JSON object per logged step), TensorBoard
+event files, and the console. Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import jax
+
+log = logging.getLogger("jaxformer.train")
+
+
+class MetricWriter:
+  def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    self.workdir = Path(workdir)
+    self.active = jax.process_index() == 0
+    self.tb = None
+    if self.active:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self.jsonl = (self.workdir / "metrics.jsonl").open("a")
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if not self.active:
+      return
+    record = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+    self.jsonl.write(json.dumps(record) + "\n")
+    self.jsonl.flush()
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self.jsonl.close()
+      if self.tb is not None:
+        self.tb.close()
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+  path = Path(workdir) / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curves(workdir: str | Path, out_name: str = "loss.png") -> Path:
+  """Train and eval loss against step, from metrics.jsonl, saved as a PNG in the workdir."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  records = read_metrics(workdir)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  for split, key, style in (("train", "loss", "-"), ("eval", "nll", "o-")):
+    pts = [(r["step"], r[key]) for r in records if r["split"] == split and key in r and math.isfinite(r[key])]
+    if pts:
+      ax.plot(*zip(*pts), style, label=f"{split} {key}")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats per token)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  out = Path(workdir) / out_name
+  fig.savefig(out)
+  plt.close(fig)
+  return out

@@ -1,0 +1,23 @@
+# Sourced by demo.sh and test.sh: create .venv and install jaxformer with the given extras.
+# Idempotent: reinstalls only when pyproject.toml, the constraints or the extras change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${JAXFORMER_VENV:-$ROOT/.venv}"
+EXTRAS="${1:-}"
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "jaxformer needs Python >= 3.11 (found $("$PY" --version))" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# Exact pins for the Python version CI runs (3.11); other versions resolve from pyproject ranges.
+PYVER=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+CONSTRAINTS="$ROOT/scripts/constraints-py$PYVER.txt"
+STAMP="$VENV/.jaxformer-installed"
+WANT="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" 2>/dev/null | sha256sum | cut -c1-16) [$EXTRAS]"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "setup: installing jaxformer${EXTRAS:+[$EXTRAS]} into $VENV (once)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  ARGS=(-e "$ROOT${EXTRAS:+[$EXTRAS]}")
+  [ -f "$CONSTRAINTS" ] && ARGS+=(-c "$CONSTRAINTS")
+  "$VENV/bin/python" -m pip install -q "${ARGS[@]}"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: set up (once, with the test extras), then pytest.
+# Extra arguments go to pytest, e.g. -k attention, or -m slow for the long reproductions.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh" "dev,notebooks"
+cd "$ROOT"
+exec python -m pytest "$@"
