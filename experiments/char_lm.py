@@ -24,9 +24,9 @@ def get_config():
   c.data.name = "stdlib_chars"
   c.data.seq_len = 128
   c.data.max_chars = 2_000_000
-  c.train.steps = 1500
-  c.train.batch_size = 32
-  c.train.eval_every = 500
+  c.train.steps = 1200
+  c.train.batch_size = 16
+  c.train.eval_every = 400
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 100
   return c

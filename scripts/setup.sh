@@ -11,7 +11,7 @@ PY="${PYTHON:-python3}"
 PYVER=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 CONSTRAINTS="$ROOT/scripts/constraints-py$PYVER.txt"
 STAMP="$VENV/.jaxformer-installed"
-WANT="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" 2>/dev/null | sha256sum | cut -c1-16) [$EXTRAS]"
+WANT="$({ cat "$ROOT/pyproject.toml"; cat "$CONSTRAINTS" 2>/dev/null || true; } | sha256sum | cut -c1-16) [$EXTRAS]"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setup: installing jaxformer${EXTRAS:+[$EXTRAS]} into $VENV (once)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -76,6 +76,18 @@ def sample_text(model, params, tokenizer, sample_cfg, seed: int, context: int) -
   return tokenizer.decode(np.asarray(out[0]))
 
 
+def _window_metrics(host: list[dict], first_step: int, elapsed: float) -> dict[str, float]:
+  """Average the per-step metrics of one logging window; fail fast on a non-finite loss."""
+  for i, m in enumerate(host):
+    if not all(math.isfinite(float(m[k])) for k in ("loss", "grad_norm")):
+      raise NonFiniteLossError(f"non-finite loss or gradient at step {first_step + i}: "
+                               f"{ {k: float(v) for k, v in m.items()} }; lower optim.lr or check the data")
+  avg = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "tokens"}
+  avg["tokens_per_s"] = float(sum(m["tokens"] for m in host)) / max(elapsed, 1e-9)
+  avg["perplexity"] = math.exp(min(avg["nll"], 50.0))
+  return avg
+
+
 def _fresh_workdir(workdir: Path) -> None:
   """This loop does not resume yet: clear what an earlier run left, loudly."""
   stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png")]
@@ -118,21 +130,14 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   for step in bar:
     state, metrics = train_step(state, ds.train_batch(step, tc.batch_size))
     pending.append(metrics)
-    if compile_s is None:  # exclude compilation from throughput
-      jax.block_until_ready(metrics)
-      compile_s, window_start, pending = time.time() - window_start, time.time(), []
-      continue
     last = step + 1 == tc.steps
-    if (step + 1) % tc.log_every == 0 or last:
-      host = jax.device_get(pending)
-      for i, m in enumerate(host):
-        if not all(math.isfinite(float(m[k])) for k in ("loss", "grad_norm")):
-          raise NonFiniteLossError(f"non-finite loss or gradient at step {step + 1 - len(host) + i + 1}: "
-                                   f"{ {k: float(v) for k, v in m.items()} }; lower optim.lr or check the data")
-      elapsed = time.time() - window_start
-      avg = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "tokens"}
-      avg["tokens_per_s"] = float(sum(m["tokens"] for m in host)) / max(elapsed, 1e-9)
-      avg["perplexity"] = math.exp(min(avg["nll"], 50.0))
+    if step == 0 or (step + 1) % tc.log_every == 0 or last:
+      host = jax.device_get(pending)  # the only host sync of the loop
+      if step == 0:  # the first step pays for compilation: no throughput for it
+        compile_s = time.time() - window_start
+      avg = _window_metrics(host, first_step=step + 2 - len(host), elapsed=time.time() - window_start)
+      if step == 0:
+        del avg["tokens_per_s"]
       writer.write(step + 1, "train", avg)
       bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
       pending, window_start = [], time.time()

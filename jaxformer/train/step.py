@@ -106,8 +106,8 @@ def make_train_step(model, model_kind: str, tx, schedule, *, label_smoothing: fl
     metrics = {
         "loss": sums["loss"] / total_weight, "nll": sums["nll"] / total_weight,
         "accuracy": sums["correct"] / total_weight, "tokens": sums["weight"],
-        "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-        "param_norm": optax.global_norm(params), "lr": schedule(state.step),
+        "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+        "param_norm": optax.tree.norm(params), "lr": schedule(state.step),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
