@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"unrecognised arguments {bad}; config overrides look like --config.train.steps=100")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on every start
   from jaxformer.config import ConfigError, load_config
   try:
     if args.print_config:

@@ -1,5 +1,4 @@
 """Execute the notebooks headless with tiny settings."""
-import os
 from pathlib import Path
 
 import nbformat

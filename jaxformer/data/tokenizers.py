@@ -27,7 +27,7 @@ class CharTokenizer:
     self._ids = {c: i + len(specials) for i, c in enumerate(self.chars)}
 
   @classmethod
-  def from_text(cls, text: str, **kw) -> "CharTokenizer":
+  def from_text(cls, text: str, **kw) -> CharTokenizer:
     return cls("".join(sorted(set(text))), **kw)
 
   @property

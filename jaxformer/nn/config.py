@@ -83,11 +83,11 @@ class TransformerConfig:
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 
-  def replace(self, **kw) -> "TransformerConfig":
+  def replace(self, **kw) -> TransformerConfig:
     return dataclasses.replace(self, **kw)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "TransformerConfig":
+  def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
     """Build from a (ConfigDict-like) mapping, naming any unknown key."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)

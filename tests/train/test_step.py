@@ -5,7 +5,15 @@ import ml_collections
 import numpy as np
 
 from jaxformer.models import DecoderOnly, EncoderDecoder, TransformerConfig
-from jaxformer.train import create_train_state, cross_entropy, forward, init_params, make_eval_step, make_optimizer, make_train_step
+from jaxformer.train import (
+  create_train_state,
+  cross_entropy,
+  forward,
+  init_params,
+  make_eval_step,
+  make_optimizer,
+  make_train_step,
+)
 
 CFG = TransformerConfig.llama(vocab_size=17, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, num_layers=2,
                               max_len=16, dropout_rate=0.1, pad_id=0)
