@@ -145,3 +145,16 @@ def test_bfloat16_inputs_return_bfloat16():
   assert out.dtype == jnp.bfloat16
   want = attention(*(x.astype(jnp.float32) for x in (q, k, v)), causal=True)
   np.testing.assert_allclose(out.astype(np.float32), want, atol=2e-2)
+
+
+def test_padded_keys_get_exactly_zero_weight():
+  """With v = identity the output rows are the attention weights themselves."""
+  q, k, _ = _qkv(B=2, T=5, S=5, N=2, K=1)
+  v = np.broadcast_to(np.eye(5, dtype=np.float32)[None, :, None, :], (2, 5, 1, 5))
+  seg = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  w = np.asarray(attention(q, k, v, segment_ids=(np.ones((2, 5), np.int32), seg)))  # [B, T, N, S]
+  assert np.all(w[0, :, :, 3:] == 0.0)
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+  assert np.all(w[1] > 0)
+  w_len = np.asarray(attention(q, k, v, kv_lengths=np.array([3, 5])))
+  np.testing.assert_array_equal(w_len, w)

@@ -92,3 +92,14 @@ def test_encoder_decoder_step_and_label_smoothing_metric():
   np.testing.assert_allclose(m["nll"], want["nll"] / tgt.size, rtol=1e-5)
   assert abs(float(m["loss"]) - float(m["nll"])) > 1e-3
   assert float(m["tokens"]) == tgt.size
+
+
+def test_mixed_precision_step_keeps_float32_params_and_tracks_float32():
+  batch = _lm_batch()
+  _, state32, step32 = _setup(CFG.replace(dropout_rate=0.0))
+  _, state16, step16 = _setup(CFG.replace(dropout_rate=0.0, dtype="bfloat16"))
+  new16, m16 = step16(state16, batch)
+  _, m32 = step32(state32, batch)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new16.params))
+  assert abs(float(m16["loss"]) - float(m32["loss"])) < 0.05
+  assert float(m16["loss"]) != float(m32["loss"])
