@@ -1,4 +1,9 @@
-"""The attention kernel API. Imports nothing from the rest of jaxformer."""
+"""The attention kernel API. Imports nothing from the rest of jaxformer.
+
+Importing a backend module registers it; `attention(implementation=None)` then
+picks the first registered backend in the platform's preference order.
+"""
+from jaxformer.attention import blockwise  # noqa: F401  (registers "blockwise")
 from jaxformer.attention.api import Backend, Request, attention, available_backends, register_backend
 from jaxformer.attention.masks import MaskSpec
 
