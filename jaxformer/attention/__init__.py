@@ -4,7 +4,16 @@ Importing a backend module registers it; `attention(implementation=None)` then
 picks the first registered backend in the platform's preference order.
 """
 from jaxformer.attention import blockwise  # noqa: F401  (registers "blockwise")
-from jaxformer.attention.api import Backend, Request, attention, available_backends, register_backend
+from jaxformer.attention.api import (
+                                     Backend,
+                                     Request,
+                                     attention,
+                                     available_backends,
+                                     interpret_mode,
+                                     is_interpret_mode,
+                                     register_backend,
+)
 from jaxformer.attention.masks import MaskSpec
 
-__all__ = ["attention", "available_backends", "register_backend", "Backend", "Request", "MaskSpec"]
+__all__ = ["attention", "available_backends", "register_backend", "interpret_mode", "is_interpret_mode", "Backend",
+           "Request", "MaskSpec"]

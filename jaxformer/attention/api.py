@@ -6,9 +6,10 @@ selection, fallbacks and errors all come from one table.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,11 @@ class Request:
   """The static features of one attention call, as backends see them."""
   platform: str
   dtype: str
+  batch: int
+  q_len: int  # T
+  kv_len: int  # S
+  num_heads: int  # N
+  num_kv_heads: int  # K
   head_dim: int
   value_head_dim: int
   causal: bool
@@ -40,10 +46,17 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
+  """fn(q, k, v, *, mask: MaskSpec, bias, softcap, scale, dropout_rate, dropout_rng) -> (out, lse).
+
+  `supports(request)` returns None when the backend can serve the request, else the
+  reason it cannot (naming the feature). `interpretable` backends (Pallas kernels) also
+  run on any platform inside `interpret_mode()`, which is how they are tested on CPU.
+  """
   name: str
   fn: Callable
-  supports: Callable[[Request], str | None]  # None = supported, else the reason it is not
+  supports: Callable[[Request], str | None]
   platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")
+  interpretable: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -54,6 +67,21 @@ _PREFERENCE = {
     "tpu": ("pallas_tpu", "blockwise", "reference"),
 }
 _logged: set[tuple[str, str]] = set()
+_interpret = [False]
+
+
+@contextlib.contextmanager
+def interpret_mode(enabled: bool = True) -> Iterator[None]:
+  """Run Pallas backends in interpret mode (on any platform, e.g. for tests on CPU)."""
+  previous, _interpret[0] = _interpret[0], enabled
+  try:
+    yield
+  finally:
+    _interpret[0] = previous
+
+
+def is_interpret_mode() -> bool:
+  return _interpret[0]
 
 
 def register_backend(backend: Backend) -> None:
@@ -73,31 +101,37 @@ def _log_once(name: str, reason: str) -> None:
     log.warning("attention: skipping backend %r: %s", name, reason)
 
 
+def _unsupported(backend: Backend, request: Request) -> str | None:
+  if request.platform not in backend.platforms and not (backend.interpretable and is_interpret_mode()):
+    return f"does not run on platform {request.platform!r} (runs on {', '.join(backend.platforms)})"
+  return backend.supports(request)
+
+
 def _choose(request: Request, implementation) -> Backend:
   if isinstance(implementation, str):
     if implementation not in _BACKENDS:
       raise ValueError(f"unknown attention implementation {implementation!r}; "
                        f"available: {available_backends()}")
     backend = _BACKENDS[implementation]
-    reason = (None if request.platform in backend.platforms
-              else f"does not run on platform {request.platform!r}") or backend.supports(request)
+    reason = _unsupported(backend, request)
     if reason:
       raise ValueError(f"attention implementation {implementation!r} cannot serve this call: {reason}. "
                        "Choose another implementation or None to pick automatically.")
     return backend
   names = implementation if implementation is not None else _PREFERENCE.get(request.platform, ("reference",))
+  reasons = {}
   for name in names:
     backend = _BACKENDS.get(name)
     if backend is None:
       if implementation is not None:
         raise ValueError(f"unknown attention implementation {name!r}; available: {available_backends()}")
       continue
-    reason = (None if request.platform in backend.platforms
-              else f"does not run on {request.platform}") or backend.supports(request)
+    reason = _unsupported(backend, request)
     if reason is None:
       return backend
+    reasons[name] = reason
     _log_once(name, reason)
-  raise ValueError(f"no attention implementation in {list(names)} supports this call")
+  raise ValueError(f"no attention implementation in {list(names)} supports this call: {reasons}")
 
 
 def _check_shapes(q, k, v, mask: MaskSpec, bias):
@@ -155,7 +189,8 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None, q_lengths=None
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("dropout_rate > 0 needs dropout_rng")
   request = Request(
-      platform=jax.default_backend(), dtype=jnp.dtype(q.dtype).name, head_dim=q.shape[-1],
+      platform=jax.default_backend(), dtype=jnp.dtype(q.dtype).name, batch=q.shape[0], q_len=q.shape[1],
+      kv_len=k.shape[1], num_heads=q.shape[2], num_kv_heads=k.shape[2], head_dim=q.shape[-1],
       value_head_dim=v.shape[-1], causal=causal, window=window is not None,
       segments=q_seg is not None, lengths=q_lengths is not None or kv_lengths is not None,
       bias=bias is not None, softcap=softcap is not None, dropout=dropout_rate > 0.0,
