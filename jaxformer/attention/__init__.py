@@ -1,17 +1,17 @@
 """The attention kernel API. Imports nothing from the rest of jaxformer.
 
 Importing a backend module registers it; `attention(implementation=None)` then
-picks the first registered backend in the platform's preference order.
+picks the first backend in the platform's preference order that supports the call.
 """
-from jaxformer.attention import blockwise  # noqa: F401  (registers "blockwise")
+from jaxformer.attention import blockwise, cudnn, pallas_gpu, pallas_tpu  # noqa: F401  (register the backends)
 from jaxformer.attention.api import (
-                                     Backend,
-                                     Request,
-                                     attention,
-                                     available_backends,
-                                     interpret_mode,
-                                     is_interpret_mode,
-                                     register_backend,
+  Backend,
+  Request,
+  attention,
+  available_backends,
+  interpret_mode,
+  is_interpret_mode,
+  register_backend,
 )
 from jaxformer.attention.masks import MaskSpec
 

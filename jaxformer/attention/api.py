@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxformer.attention.masks import MaskSpec
 from jaxformer.attention.reference import reference_attention
@@ -34,12 +35,14 @@ class Request:
   value_head_dim: int
   causal: bool
   window: bool
+  window_size: tuple[int | None, int | None] | None  # the (left, right) values, static
   segments: bool
   lengths: bool
   bias: bool
   softcap: bool
   dropout: bool
   q_offset: bool
+  q_offset_kind: str  # "none" (0), "static" (one Python/concrete value), "per_batch" (concrete [B]), "traced"
   return_lse: bool
   cross: bool  # T != S
 
@@ -118,13 +121,15 @@ def _choose(request: Request, implementation) -> Backend:
       raise ValueError(f"attention implementation {implementation!r} cannot serve this call: {reason}. "
                        "Choose another implementation or None to pick automatically.")
     return backend
+  if implementation is not None:
+    unknown = [name for name in implementation if name not in _BACKENDS]
+    if unknown:
+      raise ValueError(f"unknown attention implementation(s) {unknown}; available: {available_backends()}")
   names = implementation if implementation is not None else _PREFERENCE.get(request.platform, ("reference",))
   reasons = {}
   for name in names:
     backend = _BACKENDS.get(name)
-    if backend is None:
-      if implementation is not None:
-        raise ValueError(f"unknown attention implementation {name!r}; available: {available_backends()}")
+    if backend is None:  # not built into this install (e.g. a preference entry with no module)
       continue
     reason = _unsupported(backend, request)
     if reason is None:
@@ -132,6 +137,18 @@ def _choose(request: Request, implementation) -> Backend:
     reasons[name] = reason
     _log_once(name, reason)
   raise ValueError(f"no attention implementation in {list(names)} supports this call: {reasons}")
+
+
+def _offset_kind(q_offset) -> str:
+  if isinstance(q_offset, int):
+    return "none" if q_offset == 0 else "static"
+  try:
+    values = np.asarray(q_offset)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return "traced"
+  if values.size == 0 or np.all(values == 0):
+    return "none"
+  return "static" if np.all(values == values.flat[0]) else "per_batch"
 
 
 def _check_shapes(q, k, v, mask: MaskSpec, bias):
@@ -191,10 +208,11 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None, q_lengths=None
   request = Request(
       platform=jax.default_backend(), dtype=jnp.dtype(q.dtype).name, batch=q.shape[0], q_len=q.shape[1],
       kv_len=k.shape[1], num_heads=q.shape[2], num_kv_heads=k.shape[2], head_dim=q.shape[-1],
-      value_head_dim=v.shape[-1], causal=causal, window=window is not None,
+      value_head_dim=v.shape[-1], causal=causal, window=window is not None, window_size=mask.window,
       segments=q_seg is not None, lengths=q_lengths is not None or kv_lengths is not None,
       bias=bias is not None, softcap=softcap is not None, dropout=dropout_rate > 0.0,
-      q_offset=not (isinstance(q_offset, int) and q_offset == 0), return_lse=return_lse,
+      q_offset=not (isinstance(q_offset, int) and q_offset == 0), q_offset_kind=_offset_kind(q_offset),
+      return_lse=return_lse,
       cross=q.shape[1] != k.shape[1])
   backend = _choose(request, implementation)
   scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -71,6 +71,15 @@ class _Config:
     return -(-self.S // self.block_k)
 
 
+def _carry(shape, fill, *likes):
+  """A float32 loop carry of `shape` filled with `fill` that varies over the same manual mesh axes
+  as `likes`, so `lax` loops type-check inside `jax.shard_map` (plain jnp.zeros would be replicated)."""
+  out = jnp.full_like(likes[0], fill, dtype=jnp.float32, shape=shape)
+  for x in likes[1:]:
+    out = out + jnp.zeros_like(x, dtype=jnp.float32, shape=shape)
+  return out
+
+
 def _dot(spec, a, b):
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
@@ -233,8 +242,8 @@ def _forward(cfg: _Config, q, k, v, bias, masks):
 
       return _maybe_skip(masks, lambda: _block_visible(cfg, masks, q_start, k_start), compute, carry)
 
-    init = (jnp.full((B, K, G, bq), -jnp.inf, jnp.float32), jnp.zeros((B, K, G, bq), jnp.float32),
-            jnp.zeros((B, K, G, bq, Dv), jnp.float32))
+    init = (_carry((B, K, G, bq), -jnp.inf, q, k, v), _carry((B, K, G, bq), 0.0, q, k, v),
+            _carry((B, K, G, bq, Dv), 0.0, q, k, v))
     m, denom, acc = lax.fori_loop(lo, hi, key_block, init)
     live = denom > 0
     lse = jnp.where(live, m + jnp.log(jnp.where(live, denom, 1.0)), -jnp.inf)
@@ -302,11 +311,12 @@ def _backward(cfg: _Config, q, k, v, bias, masks, out, lse, d_out, d_lse):
       return _maybe_skip(masks, lambda: _block_visible(cfg, masks, q_start, k_start), compute, carry)
 
     dq, dbias = carry
-    init = (dq, dbias, jnp.zeros((B, bk, K, D), jnp.float32), jnp.zeros((B, bk, K, Dv), jnp.float32))
+    init = (dq, dbias, _carry((B, bk, K, D), 0.0, q, k, v, d_out), _carry((B, bk, K, Dv), 0.0, q, k, v, d_out))
     dq, dbias, dk, dv = lax.fori_loop(lo, hi, query_block, init)
     return (dq, dbias), (dk, dv)
 
-  init = (jnp.zeros((B, Tp, K, G, D), jnp.float32), None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+  likes = (q, k, v, d_out)
+  init = (_carry((B, Tp, K, G, D), 0.0, *likes), None if bias is None else _carry(bias.shape, 0.0, bias, *likes))
   nk = cfg.num_k_blocks
   (dq, dbias), (dk, dv) = lax.scan(key_block, init, (jnp.arange(nk, dtype=jnp.int32), q_lo, q_hi))
   dq = dq.reshape(B, Tp, N, D).astype(q.dtype)
