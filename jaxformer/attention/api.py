@@ -33,18 +33,18 @@ class Request:
   num_kv_heads: int  # K
   head_dim: int
   value_head_dim: int
-  causal: bool
-  window: bool
-  window_size: tuple[int | None, int | None] | None  # the (left, right) values, static
-  segments: bool
-  lengths: bool
-  bias: bool
-  softcap: bool
-  dropout: bool
-  q_offset: bool
-  q_offset_kind: str  # "none" (0), "static" (one Python/concrete value), "per_batch" (concrete [B]), "traced"
-  return_lse: bool
-  cross: bool  # T != S
+  causal: bool = False
+  window: bool = False
+  window_size: tuple[int | None, int | None] | None = None  # the (left, right) values, static
+  segments: bool = False
+  lengths: bool = False
+  bias: bool = False
+  softcap: bool = False
+  dropout: bool = False
+  q_offset: bool = False
+  q_offset_kind: str = "none"  # "none" (0), "static" (one Python/concrete value), "per_batch" (concrete [B]), "traced"
+  return_lse: bool = False
+  cross: bool = False  # T != S
 
 
 @dataclasses.dataclass(frozen=True)
