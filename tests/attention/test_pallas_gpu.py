@@ -38,6 +38,10 @@ def _run(impl, q, k, v, kw):
   return out, lse, vjp((w, jnp.where(jnp.isfinite(lse), w_lse, 0.0)))
 
 
+# Interpreted on CPU; on a GPU the same tests run the compiled Triton kernels.
+INTERPRET = jax.default_backend() != "gpu"
+
+
 def _jit_quick(fn, *args):
   """jit, compiled without XLA's backend optimizations: the interpreted kernels compile about twice as fast."""
   return jax.jit(fn).trace(*args).lower().compile({"xla_backend_optimization_level": 0})(*args)
@@ -45,7 +49,7 @@ def _jit_quick(fn, *args):
 
 def _check(q, k, v, atol=1e-5, grad_atol=1e-4, **kw):
   """Both backends in one jitted program (one compile per case keeps the file fast)."""
-  with interpret_mode():
+  with interpret_mode(INTERPRET):
     both = lambda q, k, v: (_run("pallas_gpu", q, k, v, kw), _run("reference", q, k, v, kw))
     (out, lse, grads), (want_out, want_lse, want_grads) = _jit_quick(both, q, k, v)
   assert out.shape == want_out.shape and out.dtype == want_out.dtype
@@ -122,7 +126,7 @@ def test_jit_grad_without_lse():
   def loss(impl, q, k, v):
     return jnp.sum(jnp.sin(attention(q, k, v, causal=True, implementation=impl)))
 
-  with interpret_mode():
+  with interpret_mode(INTERPRET):
     got = jax.jit(jax.grad(lambda *a: loss("pallas_gpu", *a), argnums=(0, 1, 2)))(q, k, v)
   want = _jit_quick(jax.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2)), q, k, v)
   for g, w in zip(got, want):
@@ -143,7 +147,7 @@ def test_inside_shard_map():
     value, grads = jax.value_and_grad(functools.partial(loss, "pallas_gpu"), argnums=(0, 1, 2))(q, k, v)
     return jax.lax.psum(value, "data"), grads
 
-  with interpret_mode():
+  with interpret_mode(INTERPRET):
     sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, spec),
                             out_specs=(PartitionSpec(), (spec, spec, spec)))
     value, grads = jax.jit(sharded)(q, k, v)
@@ -165,7 +169,7 @@ def test_skipped_tiles_are_never_read():
     (out, lse), vjp = jax.vjp(fn, q, k, v)
     return out, lse, vjp((w, jnp.zeros_like(lse)))
 
-  with interpret_mode():
+  with interpret_mode(INTERPRET):
     got = _jit_quick(functools.partial(run, "pallas_gpu"), jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.nan, v))
   want = _jit_quick(functools.partial(run, "reference"), k, v)
   for g, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -233,7 +237,7 @@ def test_lowers_to_triton_for_cuda(monkeypatch, dtype, heads, dims, mask_kw, sof
 
 def test_unsupported_features_name_themselves():
   q, k, v = _qkv()
-  with interpret_mode():
+  with interpret_mode(INTERPRET):
     with pytest.raises(ValueError, match="bias is not supported by pallas_gpu"):
       attention(q, k, v, bias=jnp.zeros((1, 1, 40, 40)), implementation="pallas_gpu")
     with pytest.raises(ValueError, match="dropout is not supported by pallas_gpu"):
