@@ -8,6 +8,7 @@ import jaxformer.attention.blockwise as blockwise
 from jaxformer.attention import attention, available_backends
 from jaxformer.attention.masks import MaskSpec
 from jaxformer.attention.reference import reference_attention
+from tests.attention._compare import assert_matches
 
 
 @pytest.fixture(autouse=True)
@@ -36,16 +37,9 @@ def _run(impl, q, k, v, bias, kw):
 def _check(q, k, v, bias=None, atol=1e-5, grad_atol=1e-4, **kw):
   """Both backends in one jitted program (one compile per case keeps the file fast)."""
   both = jax.jit(lambda q, k, v, bias: (_run("blockwise", q, k, v, bias, kw), _run("reference", q, k, v, bias, kw)))
-  (out, lse, grads), (want_out, want_lse, want_grads) = both(q, k, v, bias)
-  assert out.shape == want_out.shape and out.dtype == want_out.dtype
-  assert lse.shape == want_lse.shape and lse.dtype == jnp.float32
-  f32 = lambda x: np.asarray(x, np.float32)
-  np.testing.assert_allclose(f32(out), f32(want_out), atol=atol)
-  np.testing.assert_allclose(f32(lse), f32(want_lse), atol=atol)  # -inf rows must agree exactly
-  for name, g, want in zip("qkvb", grads, want_grads):
-    assert g.shape == want.shape and g.dtype == want.dtype, name
-    assert np.all(np.isfinite(f32(g))), name
-    np.testing.assert_allclose(f32(g), f32(want), atol=grad_atol, err_msg=f"d{name}")
+  got, want = both(q, k, v, bias)
+  assert_matches(got, want, atol=atol, grad_atol=grad_atol, names="qkvb")
+  out, lse, grads = got
   return out, lse, grads
 
 

@@ -10,6 +10,7 @@ from jax.sharding import Mesh, PartitionSpec
 import jaxformer.attention.pallas_gpu as pallas_gpu
 from jaxformer.attention import attention, interpret_mode
 from jaxformer.attention.masks import MaskSpec
+from tests.attention._compare import assert_matches
 
 
 @pytest.fixture(autouse=True)
@@ -51,16 +52,9 @@ def _check(q, k, v, atol=1e-5, grad_atol=1e-4, **kw):
   """Both backends in one jitted program (one compile per case keeps the file fast)."""
   with interpret_mode(INTERPRET):
     both = lambda q, k, v: (_run("pallas_gpu", q, k, v, kw), _run("reference", q, k, v, kw))
-    (out, lse, grads), (want_out, want_lse, want_grads) = _jit_quick(both, q, k, v)
-  assert out.shape == want_out.shape and out.dtype == want_out.dtype
-  assert lse.shape == want_lse.shape and lse.dtype == jnp.float32
-  f32 = lambda x: np.asarray(x, np.float32)
-  np.testing.assert_allclose(f32(out), f32(want_out), atol=atol)
-  np.testing.assert_allclose(f32(lse), f32(want_lse), atol=atol)  # -inf rows must agree exactly
-  for name, g, want in zip("qkv", grads, want_grads):
-    assert g.shape == want.shape and g.dtype == want.dtype, name
-    assert np.all(np.isfinite(f32(g))), name
-    np.testing.assert_allclose(f32(g), f32(want), atol=grad_atol, err_msg=f"d{name}")
+    got, want = _jit_quick(both, q, k, v)
+  assert_matches(got, want, atol=atol, grad_atol=grad_atol, names="qkv")
+  out, lse, grads = got
   return out, lse, grads
 
 

@@ -56,6 +56,8 @@ def test_seq2seq_run_reports_exact_match(tmp_path):
                                            "model.num_layers=1", "train.tensorboard=false"])
   results = train(config, tmp_path, progress=False)
   assert 0.0 <= results["exact_match"] <= 1.0
+  losses = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+  assert losses[-1] < losses[0] - 0.3  # it trains, not just runs
   assert not (tmp_path / "tensorboard").exists()
 
 
