@@ -3,6 +3,6 @@
 # Extra arguments go to pytest, e.g. -k attention, or -m slow for the long reproductions.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/setup.sh" "dev,notebooks"
+source "$ROOT/scripts/setup.sh" "dev,notebooks,hf"
 cd "$ROOT"
 exec python -m pytest "$@"

@@ -1,4 +1,5 @@
-"""Decoding: sampling for language models, greedy search for encoder-decoders."""
-from jaxformer.decode.sampling import generate, greedy_seq2seq, sample_logits
+"""Decoding: greedy, sampling and beam search (HF `generate` semantics) over a KV cache."""
+from jaxformer.decode.generate import GenerateOutput, GenerationConfig, generate, left_pad
+from jaxformer.decode.sliding import generate_sliding, sample_logits
 
-__all__ = ["generate", "greedy_seq2seq", "sample_logits"]
+__all__ = ["GenerateOutput", "GenerationConfig", "generate", "generate_sliding", "left_pad", "sample_logits"]

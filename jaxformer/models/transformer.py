@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxformer.nn.blocks import Stack
+from jaxformer.nn.cache import KVCache
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.nn.layers import Embed, Norm, constrain, param_init
 from jaxformer.nn.positions import LearnedPositions, sinusoidal
@@ -28,8 +29,12 @@ def default_segments(cfg: TransformerConfig, tokens, segment_ids):
   return (tokens != cfg.pad_id).astype(jnp.int32)
 
 
-def default_positions(tokens, positions):
-  return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if positions is None else positions
+def default_positions(tokens, positions, cache=None):
+  """0, 1, 2, ... per row; with a cache, continuing from the slots already written."""
+  if positions is not None:
+    return positions
+  start = 0 if cache is None else cache.index
+  return jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
 
 
 class Embedder(nn.Module):
@@ -86,13 +91,23 @@ class DecoderOnly(nn.Module):
     if not self.cfg.tie_embeddings:
       self.head = OutputHead(self.cfg)
 
-  def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True):
-    positions = default_positions(tokens, positions)
+  def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True,
+               cache: KVCache | None = None):
+    """With a `cache` (see `jaxformer.nn.cache`), the tokens continue the cached ones and the call
+    returns (logits, cache); positions then default to the cache slots they occupy."""
+    positions = default_positions(tokens, positions, cache)
     segment_ids = default_segments(self.cfg, tokens, segment_ids)
     x = self.embedder(tokens, positions, deterministic)
-    x = self.decoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
-    logits = self.embedder.logits(x) if self.cfg.tie_embeddings else self.head(x)
-    return constrain(logits, ("batch", "length", "vocab"))
+    if cache is not None:
+      cache = cache.write(positions, jnp.ones(tokens.shape, jnp.int32) if segment_ids is None else segment_ids)
+      x, cache = self.decoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic,
+                              cache=cache)
+      cache = cache.replace(index=cache.index + tokens.shape[1])
+    else:
+      x = self.decoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
+    logits = constrain(self.embedder.logits(x) if self.cfg.tie_embeddings else self.head(x),
+                       ("batch", "length", "vocab"))
+    return logits if cache is None else (logits, cache)
 
 
 class EncoderDecoder(nn.Module):
@@ -114,20 +129,37 @@ class EncoderDecoder(nn.Module):
     return self.encoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
 
   def decode(self, encoded, inputs, decoder_inputs, *, positions=None, segment_ids=None,
-             encoder_segment_ids=None, deterministic: bool = True):
-    """`inputs` (the source tokens) only supply the encoder padding mask."""
-    positions = default_positions(decoder_inputs, positions)
+             encoder_segment_ids=None, deterministic: bool = True, cache: KVCache | None = None):
+    """`inputs` (the source tokens) only supply the encoder padding mask.
+
+    With a `cache`, decoder_inputs continue the cached tokens and the call returns (logits, cache).
+    The first such call projects the cross-attention keys/values from `encoded` into the cache;
+    later calls may pass `encoded=None, inputs=None`.
+    """
+    positions = default_positions(decoder_inputs, positions, cache)
     segment_ids = default_segments(self.cfg, decoder_inputs, segment_ids)
-    encoder_segment_ids = default_segments(self.cfg, inputs, encoder_segment_ids)
+    if cache is not None and cache.encoder_segment_ids is not None:
+      encoder_segment_ids = cache.encoder_segment_ids
+    else:
+      encoder_segment_ids = default_segments(self.cfg, inputs, encoder_segment_ids)
     cross = None
     if encoder_segment_ids is not None:
       cross = (segment_ids if segment_ids is not None else jnp.ones(decoder_inputs.shape, jnp.int32),
                encoder_segment_ids)
     y = self.embedder(decoder_inputs, positions, deterministic)
-    y = self.decoder(y, encoded, positions=positions, segment_ids=segment_ids,
-                     cross_segment_ids=cross, deterministic=deterministic)
-    logits = self.embedder.logits(y) if self.cfg.tie_embeddings else self.head(y)
-    return constrain(logits, ("batch", "length", "vocab"))
+    kw = dict(positions=positions, segment_ids=segment_ids, cross_segment_ids=cross, deterministic=deterministic)
+    if cache is not None:
+      if cache.encoder_segment_ids is None:
+        cache = cache.replace(encoder_segment_ids=jnp.ones(encoded.shape[:2], jnp.int32)
+                              if encoder_segment_ids is None else encoder_segment_ids)
+      cache = cache.write(positions, jnp.ones(decoder_inputs.shape, jnp.int32) if segment_ids is None else segment_ids)
+      y, cache = self.decoder(y, encoded, cache=cache, **kw)
+      cache = cache.replace(index=cache.index + decoder_inputs.shape[1])
+    else:
+      y = self.decoder(y, encoded, **kw)
+    logits = constrain(self.embedder.logits(y) if self.cfg.tie_embeddings else self.head(y),
+                       ("batch", "length", "vocab"))
+    return logits if cache is None else (logits, cache)
 
   def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, inputs_segment_ids=None,
                decoder_positions=None, decoder_segment_ids=None, deterministic: bool = True):

@@ -6,9 +6,11 @@ Projections live here; the attention itself always goes through
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxformer.attention import attention
+from jaxformer.nn.cache import KVCache
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.nn.layers import constrain, param_init
 from jaxformer.nn.positions import alibi_bias, rope
@@ -23,13 +25,22 @@ class MultiHeadAttention(nn.Module):
   """
   cfg: TransformerConfig
   causal: bool = False
+  cross: bool = False  # cross-attention even when `context` is None (it is then read from the cache)
 
   @nn.compact
-  def __call__(self, x, context=None, *, positions=None, segment_ids=None, deterministic: bool = True):
+  def __call__(self, x, context=None, *, positions=None, segment_ids=None, deterministic: bool = True,
+               cache: KVCache | None = None, layer: int = 0):
     """x [B, T, D]; context [B, S, D]; positions [B, T] (self-attention);
-    segment_ids [B, T] or a ([B, T], [B, S]) pair -> [B, T, D]."""
+    segment_ids [B, T] or a ([B, T], [B, S]) pair -> [B, T, D].
+
+    With a `cache`, returns (out, (keys, values)) for layer `layer`: self-attention writes its new
+    keys/values into the cache buffers at `cache.index` and attends over all of them; cross-attention
+    reuses the cached encoder keys/values, or projects them from `context` when there are none yet.
+    """
     cfg = self.cfg
-    is_self = context is None
+    is_self = context is None and not self.cross
+    if self.cross and context is None and (cache is None or cache.cross_keys is None):
+      raise ValueError("cross-attention needs the encoder output `context` (or a cache that holds its keys)")
     context = x if is_self else context
     N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
 
@@ -41,26 +52,33 @@ class MultiHeadAttention(nn.Module):
           bias_init=param_init(cfg, (head_axis, "kv"), "zeros"))
 
     q = constrain(proj(N, "heads", "query")(x), ("batch", "length", "heads", "kv"))  # [B, T, N, H]
-    k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv"))  # [B, S, K, H]
-    v = constrain(proj(K, "kv_heads", "value")(context), ("batch", "length", "kv_heads", "kv"))
+    if is_self or cache is None or cache.cross_keys is None:
+      k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv"))  # [B, S, K, H]
+      v = constrain(proj(K, "kv_heads", "value")(context), ("batch", "length", "kv_heads", "kv"))
+    else:
+      k, v = cache.cross_keys[layer], cache.cross_values[layer]
 
-    bias = None
-    if is_self and cfg.position in ("rope", "alibi"):
-      if positions is None:
-        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-      if cfg.position == "rope":
-        q = rope(q, positions, cfg.rope_theta, cfg.rope_fraction)
-        k = rope(k, positions, cfg.rope_theta, cfg.rope_fraction)
-      else:
-        bias = alibi_bias(positions, positions, N)  # [B, N, T, T]
+    if is_self and positions is None:
+      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    if is_self and cfg.position == "rope":
+      q = rope(q, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)
+      k = rope(k, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)
+    kv_positions, q_offset = positions, 0
+    if is_self and cache is not None:
+      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
+      k, v = write(cache.keys[layer], k), write(cache.values[layer], v)  # [B, L, K, H]
+      q_segments = jnp.ones(x.shape[:2], jnp.int32) if segment_ids is None else segment_ids
+      segment_ids, kv_positions, q_offset = (q_segments, cache.segment_ids), cache.positions, cache.index
+    bias = alibi_bias(positions, kv_positions, N) if is_self and cfg.position == "alibi" else None  # [B, N, T, S]
 
     dropout = cfg.attention_dropout_rate if not deterministic else 0.0
-    out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias,
+    out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset,
                     dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
                     implementation=cfg.attention_impl)  # [B, T, N, H]
     out = constrain(out, ("batch", "length", "heads", "kv"))
-    return nn.DenseGeneral(
+    out = nn.DenseGeneral(
         x.shape[-1], axis=(-2, -1), use_bias=cfg.out_bias, dtype=cfg.compute_dtype,
         param_dtype=jnp.dtype(cfg.param_dtype), name="out",
         kernel_init=param_init(cfg, ("heads", "kv", "embed")),
         bias_init=param_init(cfg, ("embed",), "zeros"))(out)
+    return out if cache is None else (out, (k, v))

@@ -30,6 +30,9 @@ class TransformerConfig:
   position: str = "sinusoidal"
   rope_theta: float = 10000.0
   rope_fraction: float = 1.0  # rotate only the first fraction of each head (GPT-NeoX style)
+  # RoPE frequency scaling, HF `rope_scaling` keys (e.g. {"rope_type": "llama3", "factor": 8.0, ...});
+  # given as a dict, stored as a sorted tuple of (key, value) pairs so the config stays hashable.
+  rope_scaling: Any = None
   norm: str = "layernorm"
   norm_eps: float = 1e-6
   pre_norm: bool = True  # False = post-LN, the original Transformer
@@ -51,6 +54,10 @@ class TransformerConfig:
   init_std: float | None = None  # None = variance scaling (fan-in); else normal(std)
 
   def __post_init__(self):
+    if isinstance(self.rope_scaling, dict) or isinstance(self.rope_scaling, list):
+      items = self.rope_scaling.items() if isinstance(self.rope_scaling, dict) else self.rope_scaling
+      frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+      object.__setattr__(self, "rope_scaling", frozen or None)
     def check(field, allowed):
       if getattr(self, field) not in allowed:
         raise ValueError(f"model.{field}={getattr(self, field)!r}; expected one of {allowed}")

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxformer.data import build_dataset
-from jaxformer.decode import generate, greedy_seq2seq
+from jaxformer.decode import GenerationConfig, generate, generate_sliding
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.train.checkpoint import save_run
@@ -62,8 +62,9 @@ def exact_match(model, params, ds, batches) -> float:
   """Fraction of eval examples whose greedy decoding equals the target exactly (incl. EOS)."""
   hits = total = 0
   for batch in batches:
-    pred = greedy_seq2seq(model, params, jnp.asarray(batch["inputs"]), max_len=ds.target_len,
-                          bos_id=ds.bos_id, eos_id=ds.eos_id)
+    config = GenerationConfig(max_length=ds.target_len + 1, decoder_start_token_id=ds.bos_id,
+                              eos_token_id=ds.eos_id, pad_token_id=0)
+    pred = generate(model, params, batch["inputs"], config).sequences[:, 1:]  # drop the start token
     hits += int(np.sum(np.all(np.asarray(pred) == batch["targets"], axis=1)))
     total += len(batch["targets"])
   return hits / max(total, 1)
@@ -71,7 +72,7 @@ def exact_match(model, params, ds, batches) -> float:
 
 def sample_text(model, params, tokenizer, sample_cfg, seed: int, context: int) -> str:
   prompt = jnp.asarray([tokenizer.encode(sample_cfg.prompt)], jnp.int32)
-  out = generate(model, params, prompt, jax.random.key(seed), max_new_tokens=sample_cfg.num_tokens,
+  out = generate_sliding(model, params, prompt, jax.random.key(seed), max_new_tokens=sample_cfg.num_tokens,
                  temperature=sample_cfg.temperature, top_k=sample_cfg.top_k or None, context=context)
   return tokenizer.decode(np.asarray(out[0]))
 

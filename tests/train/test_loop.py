@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxformer.config import load_config
-from jaxformer.decode import generate
+from jaxformer.decode import generate_sliding
 from jaxformer.train import NonFiniteLossError, load_run, train
 from jaxformer.train.metrics import read_metrics
 
@@ -43,10 +43,10 @@ def test_saved_run_restores_exactly_and_generates(lm_run):
   workdir, results = lm_run
   model, params, tokenizer = load_run(workdir)
   prompt = np.asarray([tokenizer.encode("def ")], np.int32)
-  out = generate(model, params, prompt, jax.random.key(0), max_new_tokens=40, temperature=0.8, context=32)
+  out = generate_sliding(model, params, prompt, jax.random.key(0), max_new_tokens=40, temperature=0.8, context=32)
   assert tokenizer.decode(out[0]) == results["sample"]  # same seed, same params -> same text
-  greedy = generate(model, params, prompt, jax.random.key(1), max_new_tokens=10, temperature=0.0, context=32)
-  assert np.array_equal(greedy, generate(model, params, prompt, jax.random.key(2), max_new_tokens=10,
+  greedy = generate_sliding(model, params, prompt, jax.random.key(1), max_new_tokens=10, temperature=0.0, context=32)
+  assert np.array_equal(greedy, generate_sliding(model, params, prompt, jax.random.key(2), max_new_tokens=10,
                                          temperature=0.0, context=32))
 
 

@@ -1,8 +1,10 @@
-"""Simple jitted decoding by full recomputation (no KV cache yet).
+"""Sampling text longer than the model's context, nanoGPT style, by recomputation.
 
-Each step re-runs the model on a fixed-size buffer, so shapes never change and
-the whole loop is one `lax.fori_loop`. Cost is O(L) model calls of length L:
-fine for the small models and short outputs used in demos and tests.
+`generate_sliding` re-runs the model on the last `context` tokens at every step, so a
+model trained on short blocks (with learned positions) can write any length; a KV
+cache cannot do this, since every position shifts when the window slides. Cost is
+O(new tokens) full forward passes: for demos of small models. Use
+`jaxformer.decode.generate` (KV cache) whenever the text fits the context.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "context"))
-def generate(model, params, prompt, rng, *, max_new_tokens: int, temperature: float = 1.0,
+def generate_sliding(model, params, prompt, rng, *, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, context: int | None = None):
   """Continue `prompt` [B, P] (a DecoderOnly) by `max_new_tokens`; returns [B, P + max_new_tokens].
 
@@ -45,22 +47,3 @@ def generate(model, params, prompt, rng, *, max_new_tokens: int, temperature: fl
     return buf.at[:, t].set(token.astype(buf.dtype))
 
   return jax.lax.fori_loop(P, P + max_new_tokens, body, buf)
-
-
-@partial(jax.jit, static_argnames=("model", "max_len", "bos_id", "eos_id"))
-def greedy_seq2seq(model, params, inputs, *, max_len: int, bos_id: int, eos_id: int):
-  """Greedy decoding of an EncoderDecoder: inputs [B, S] -> tokens [B, max_len], padded (0)
-  after the first EOS (which is kept)."""
-  B = inputs.shape[0]
-  encoded = model.apply({"params": params}, inputs, method=model.encode)
-  buf = jnp.zeros((B, max_len + 1), inputs.dtype).at[:, 0].set(bos_id)
-  done = jnp.zeros((B,), bool)
-
-  def body(t, carry):
-    buf, done = carry
-    logits = model.apply({"params": params}, encoded, inputs, buf[:, :-1], method=model.decode)[:, t]
-    token = jnp.where(done, 0, jnp.argmax(logits, axis=-1)).astype(buf.dtype)
-    return buf.at[:, t + 1].set(token), done | (token == eos_id)
-
-  buf, _ = jax.lax.fori_loop(0, max_len, body, (buf, done))
-  return buf[:, 1:]
