@@ -127,5 +127,6 @@ def test_encoder_decoder_beam_search_finds_the_exhaustive_best(seq2seq, length_p
   for row in range(inputs.shape[0]):
     ys, score = exhaustive_best(model, params, inputs[row], 3, length_penalty)
     got = [int(t) for t in out.sequences[row, 1:]]
-    assert got[:len(ys)] == list(ys) and all(t == 0 for t in got[len(ys):])
+    # After the end HF's beam search writes `pad_token_id or eos_token_id`: EOS here, as the pad id is 0.
+    assert got[:len(ys)] == list(ys) and all(t == EOS for t in got[len(ys):])
     assert float(out.scores[row]) == pytest.approx(score, abs=1e-5)
