@@ -1,6 +1,7 @@
-"""`jaxformer train`: a thin command line over importable functions.
+"""`jaxformer train | generate`: a thin command line over importable functions.
 
   jaxformer train [--config experiments/NAME.py | NAME] [--workdir DIR] [--config.key=value ...]
+  jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
 """
 from __future__ import annotations
 
@@ -31,6 +32,61 @@ def _train(args, overrides) -> int:
   return 0
 
 
+def _generate(args) -> int:
+  import time
+
+  from jaxformer.decode import GenerationConfig
+  from jaxformer.decode.text import generate_text, load_for_generation
+
+  options = dict(max_length=args.max_length, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                 length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                 num_return_sequences=args.num_return_sequences, do_sample=args.do_sample,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                 min_new_tokens=args.min_new_tokens)
+  config = GenerationConfig(**{k: v for k, v in options.items() if v is not None})
+  start = time.perf_counter()
+  loaded = load_for_generation(args.checkpoint, dtype=args.dtype)
+  loaded_s = time.perf_counter() - start
+  results = generate_text(loaded, args.prompt, config, seed=args.seed)
+  for prompt, outputs in zip(args.prompt, results):
+    print(f"=== {prompt!r}")
+    for i, (text, score) in enumerate(outputs):
+      print(f"--- {i}" + (f" (score {score:.4f})" if score is not None else ""))
+      print(text)
+  print(f"\nloaded in {loaded_s:.1f} s; generated (incl. compilation) in "
+        f"{time.perf_counter() - start - loaded_s:.1f} s", file=sys.stderr)
+  return 0
+
+
+def _early_stopping(value: str):
+  return {"true": True, "false": False, "never": "never"}[value.lower()]
+
+
+def _add_generate_parser(sub):
+  g = sub.add_parser("generate", help="generate text from a Hugging Face checkpoint or a jaxformer run",
+                     epilog="Options mean what they mean in Hugging Face `generate`; defaults come from the "
+                            "checkpoint's generation_config.json, then HF's (max_length 20, greedy).")
+  g.add_argument("--checkpoint", required=True,
+                 help="a local HF checkpoint directory, a Hub name (downloaded), or a `jaxformer train` run dir")
+  g.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+  g.add_argument("--max-length", type=int, help="total length incl. the prompt (HF semantics)")
+  g.add_argument("--max-new-tokens", type=int)
+  g.add_argument("--min-new-tokens", type=int)
+  g.add_argument("--num-beams", type=int)
+  g.add_argument("--length-penalty", type=float)
+  g.add_argument("--early-stopping", nargs="?", const=True, type=_early_stopping, metavar="true|false|never")
+  g.add_argument("--num-return-sequences", type=int)
+  g.add_argument("--do-sample", action="store_true", default=None)
+  g.add_argument("--temperature", type=float)
+  g.add_argument("--top-k", type=int)
+  g.add_argument("--top-p", type=float)
+  g.add_argument("--repetition-penalty", type=float)
+  g.add_argument("--no-repeat-ngram-size", type=int)
+  g.add_argument("--seed", type=int, default=0, help="sampling seed")
+  g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="jaxformer", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +97,17 @@ def main(argv: list[str] | None = None) -> int:
   tr.add_argument("--workdir", default=None, help="run directory (default: runs/<experiment>)")
   tr.add_argument("--no-progress", action="store_true", help="no progress bar")
   tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)
+  if args.command == "generate":
+    if rest:
+      parser.error(f"unrecognised arguments {rest}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+      return _generate(args)
+    except (FileNotFoundError, ValueError) as e:
+      print(f"jaxformer generate: {e}", file=sys.stderr)
+      return 2
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
     parser.error(f"unrecognised arguments {bad}; config overrides look like --config.train.steps=100")

@@ -110,6 +110,13 @@ def _unsupported(backend: Backend, request: Request) -> str | None:
   return backend.supports(request)
 
 
+def _preference(request: Request) -> tuple[str, ...]:
+  order = _PREFERENCE.get(request.platform, ("reference",))
+  if request.q_len == 1:  # one query row (a decoding step against a KV cache): nothing to tile, XLA's einsum wins
+    order = ("reference",) + tuple(name for name in order if name != "reference")
+  return order
+
+
 def _choose(request: Request, implementation) -> Backend:
   if isinstance(implementation, str):
     if implementation not in _BACKENDS:
@@ -125,7 +132,7 @@ def _choose(request: Request, implementation) -> Backend:
     unknown = [name for name in implementation if name not in _BACKENDS]
     if unknown:
       raise ValueError(f"unknown attention implementation(s) {unknown}; available: {available_backends()}")
-  names = implementation if implementation is not None else _PREFERENCE.get(request.platform, ("reference",))
+  names = implementation if implementation is not None else _preference(request)
   reasons = {}
   for name in names:
     backend = _BACKENDS.get(name)

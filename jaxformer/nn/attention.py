@@ -55,8 +55,8 @@ class MultiHeadAttention(nn.Module):
     if is_self or cache is None or cache.cross_keys is None:
       k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv"))  # [B, S, K, H]
       v = constrain(proj(K, "kv_heads", "value")(context), ("batch", "length", "kv_heads", "kv"))
-    else:
-      k, v = cache.cross_keys[layer], cache.cross_values[layer]
+    else:  # the cache is head-major [B, K, S, H]
+      k, v = cache.cross_keys[layer].swapaxes(1, 2), cache.cross_values[layer].swapaxes(1, 2)
 
     if is_self and positions is None:
       positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
@@ -65,8 +65,9 @@ class MultiHeadAttention(nn.Module):
       k = rope(k, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)
     kv_positions, q_offset = positions, 0
     if is_self and cache is not None:
-      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=1)
-      k, v = write(cache.keys[layer], k), write(cache.values[layer], v)  # [B, L, K, H]
+      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+          buf, new.swapaxes(1, 2).astype(buf.dtype), cache.index, axis=2).swapaxes(1, 2)
+      k, v = write(cache.keys[layer], k), write(cache.values[layer], v)  # [B, L, K, H] views of the buffers
       q_segments = jnp.ones(x.shape[:2], jnp.int32) if segment_ids is None else segment_ids
       segment_ids, kv_positions, q_offset = (q_segments, cache.segment_ids), cache.positions, cache.index
     bias = alibi_bias(positions, kv_positions, N) if is_self and cfg.position == "alibi" else None  # [B, N, T, S]
@@ -81,4 +82,4 @@ class MultiHeadAttention(nn.Module):
         param_dtype=jnp.dtype(cfg.param_dtype), name="out",
         kernel_init=param_init(cfg, ("heads", "kv", "embed")),
         bias_init=param_init(cfg, ("embed",), "zeros"))(out)
-    return out if cache is None else (out, (k, v))
+    return out if cache is None else (out, (k.swapaxes(1, 2), v.swapaxes(1, 2)))

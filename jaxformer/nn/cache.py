@@ -23,16 +23,16 @@ class KVCache:
   index: jnp.ndarray  # int32 []: slots written so far (the same for every row)
   segment_ids: jnp.ndarray  # int32 [B, L]: 1 = a real token, 0 = padding or not written yet
   positions: jnp.ndarray  # int32 [B, L]: the position of the token in each slot (ALiBi needs it)
-  keys: tuple[jnp.ndarray, ...]  # per layer [B, L, K, H]
+  keys: tuple[jnp.ndarray, ...]  # per layer [B, K, L, H] (head-major: a decoding step reads it without a transpose)
   values: tuple[jnp.ndarray, ...]
-  cross_keys: tuple[jnp.ndarray, ...] | None = None  # per layer [B, S, K, H], from the encoder output
+  cross_keys: tuple[jnp.ndarray, ...] | None = None  # per layer [B, K, S, H], from the encoder output
   cross_values: tuple[jnp.ndarray, ...] | None = None
   encoder_segment_ids: jnp.ndarray | None = None  # int32 [B, S]
 
   @classmethod
   def empty(cls, cfg, batch: int, length: int) -> KVCache:
     """Zeroed buffers of `length` slots for `cfg.num_layers` layers, in the compute dtype."""
-    shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+    shape = (batch, cfg.kv_heads, length, cfg.dim_per_head)
     zeros = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
     return cls(index=jnp.zeros((), jnp.int32), segment_ids=jnp.zeros((batch, length), jnp.int32),
                positions=jnp.zeros((batch, length), jnp.int32), keys=zeros, values=zeros)

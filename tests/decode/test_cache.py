@@ -66,7 +66,7 @@ def test_encoder_decoder_cache_matches_full_forward():
   encoded = model.apply({"params": params}, inputs, method=model.encode)
   cache = KVCache.empty(cfg, 2, 8)
   logits, cache = model.apply({"params": params}, encoded, inputs, targets[:, :2], cache=cache, method=model.decode)
-  assert cache.cross_keys is not None and cache.cross_keys[0].shape == (2, 6, cfg.kv_heads, cfg.dim_per_head)
+  assert cache.cross_keys is not None and cache.cross_keys[0].shape == (2, cfg.kv_heads, 6, cfg.dim_per_head)
   steps = [logits]
   for t in range(2, targets.shape[1]):  # later steps need neither the encoder output nor the source
     logits, cache = model.apply({"params": params}, None, None, targets[:, t:t + 1], cache=cache,

@@ -1,0 +1,83 @@
+"""Text in, text out: `generate_text` for a Hugging Face checkpoint or a jaxformer run directory.
+
+This is what `jaxformer generate` calls. A directory with `model.json` is a run saved by
+`jaxformer train` (decoder-only or encoder-decoder, the project's tokenizer); anything else
+goes to `jaxformer.hub.load_pretrained` (a local HF directory, or a Hub name to download).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxformer.decode.generate import GenerationConfig, generate, left_pad
+
+log = logging.getLogger("jaxformer.decode")
+_FIELDS = {f.name for f in dataclasses.fields(GenerationConfig)}
+
+
+@dataclasses.dataclass
+class Loaded:
+  model: object
+  params: dict
+  encode: object  # str -> list[int]
+  decode: object  # list[int] -> str
+  defaults: dict  # GenerationConfig fields the checkpoint sets (eos, pad, bos ...)
+  pad_id: int
+
+
+def load_for_generation(checkpoint: str | Path, dtype: str = "float32") -> Loaded:
+  path = Path(checkpoint)
+  if (path / "model.json").is_file():
+    from jaxformer.data.tokenizers import BOS, EOS
+    from jaxformer.train.checkpoint import load_run
+
+    model, params, tok = load_run(path)
+    specials = getattr(tok, "specials", ())
+    defaults = {"pad_token_id": tok.pad_id}
+    if EOS in specials:
+      defaults["eos_token_id"] = tok.special_id(EOS)
+    if BOS in specials:
+      defaults["decoder_start_token_id"] = tok.special_id(BOS)
+    strip = set(defaults.values())
+    return Loaded(model, params, tok.encode, lambda ids: tok.decode([i for i in ids if i not in strip]),
+                  defaults, tok.pad_id)
+  from jaxformer.hub import load_pretrained
+
+  lm = load_pretrained(checkpoint, dtype=dtype)
+  if lm.tokenizer is None:
+    raise ValueError(f"{lm.path} has no tokenizer.json, so text prompts cannot be encoded; "
+                     "save the tokenizer with transformers' AutoTokenizer.save_pretrained into that directory")
+  defaults = {k: v for k, v in lm.generation_config.items() if k in _FIELDS and v is not None}
+  if isinstance(defaults.get("eos_token_id"), list):
+    defaults["eos_token_id"] = tuple(defaults["eos_token_id"])
+  pad = defaults.get("pad_token_id", lm.tokenizer.pad_id)
+  pad = pad if pad is not None else (lm.eos_token_id if isinstance(lm.eos_token_id, int) else 0)
+  return Loaded(lm.model, lm.params, lm.tokenizer.encode, lm.tokenizer.decode, defaults, pad)
+
+
+def generate_text(loaded: Loaded, prompts: list[str], config: GenerationConfig, seed: int = 0):
+  """-> one list per prompt of (text, score or None), num_return_sequences long."""
+  config = config.replace(**{k: v for k, v in loaded.defaults.items()
+                             if getattr(config, k) == getattr(GenerationConfig, k)})
+  encoded = [loaded.encode(p) for p in prompts]
+  if any(not ids for ids in encoded):
+    raise ValueError("a prompt encodes to no tokens; give some text")
+  is_seq2seq = hasattr(loaded.model, "encode")
+  if is_seq2seq:  # the encoder was trained on right-padded sources
+    tokens, mask = (x[:, ::-1] for x in left_pad([ids[::-1] for ids in encoded], loaded.pad_id))
+  else:
+    tokens, mask = left_pad(encoded, loaded.pad_id)
+  out = generate(loaded.model, loaded.params, tokens, config, attention_mask=mask, rng=jax.random.key(seed))
+  start, n = (1 if is_seq2seq else tokens.shape[1]), config.num_return_sequences
+  results = [[] for _ in prompts]
+  for row, seq in enumerate(np.asarray(out.sequences)):
+    ids = [int(i) for i in seq[start:]]
+    for eos in config.eos_ids:  # cut at the first EOS
+      ids = ids[:ids.index(eos)] if eos in ids else ids
+    text = loaded.decode(ids if is_seq2seq else encoded[row // n] + ids)
+    results[row // n].append((text, None if out.scores is None else float(out.scores[row])))
+  return results
