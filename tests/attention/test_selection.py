@@ -61,6 +61,13 @@ def test_cpu_default_is_blockwise(chosen, caplog):
   np.testing.assert_allclose(out, attention(q, k, v, causal=True, implementation="reference"), atol=1e-5)
 
 
+def test_one_query_row_prefers_the_reference_einsum(chosen, caplog):
+  """A decoding step (T = 1 against a KV cache) has nothing to tile: the einsum is picked, silently."""
+  q, k, v = _qkv(T=1, S=40)
+  attention(q, k, v, causal=True, q_offset=39)
+  assert chosen == ["reference"] and not _warnings(caplog)
+
+
 def test_unsupported_feature_falls_back_to_reference_and_warns_once(chosen, caplog):
   q, k, v = _qkv()
   with caplog.at_level(logging.WARNING, logger="jaxformer.attention"):
