@@ -93,3 +93,15 @@ def test_beam_search_matches_hf(pair, early_stopping, length_penalty):
   ours = generate(lm.model, lm.params, tokens, attention_mask=mask, pad_token_id=PAD, eos_token_id=eos, **options)
   assert_same_sequences(ours.sequences, theirs, PAD)
   np.testing.assert_allclose(np.asarray(ours.scores), their_scores, atol=1e-4)
+
+
+def test_beam_search_with_processors_matches_hf(pair):
+  hf, lm = pair
+  if lm.model_type != "llama":
+    pytest.skip("checked on one family")
+  tokens, mask = prompts()
+  options = dict(num_beams=4, num_return_sequences=3, max_new_tokens=NEW, no_repeat_ngram_size=2, min_new_tokens=3)
+  eos, theirs, their_scores = hf_beams_with_eos(hf, tokens, mask, **options)
+  ours = generate(lm.model, lm.params, tokens, attention_mask=mask, pad_token_id=PAD, eos_token_id=eos, **options)
+  assert_same_sequences(ours.sequences, theirs, PAD)
+  np.testing.assert_allclose(np.asarray(ours.scores), their_scores, atol=1e-4)
