@@ -35,7 +35,6 @@ def _train(args, overrides) -> int:
 def _generate(args) -> int:
   import time
 
-  from jaxformer.decode import GenerationConfig
   from jaxformer.decode.text import generate_text, load_for_generation
 
   options = dict(max_length=args.max_length, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -44,11 +43,11 @@ def _generate(args) -> int:
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                  min_new_tokens=args.min_new_tokens)
-  config = GenerationConfig(**{k: v for k, v in options.items() if v is not None})
+  options = {k: v for k, v in options.items() if v is not None}  # only what was given overrides the checkpoint
   start = time.perf_counter()
   loaded = load_for_generation(args.checkpoint, dtype=args.dtype)
   loaded_s = time.perf_counter() - start
-  results = generate_text(loaded, args.prompt, config, seed=args.seed)
+  results = generate_text(loaded, args.prompt, options, seed=args.seed)
   for prompt, outputs in zip(args.prompt, results):
     print(f"=== {prompt!r}")
     for i, (text, score) in enumerate(outputs):
@@ -60,7 +59,10 @@ def _generate(args) -> int:
 
 
 def _early_stopping(value: str):
-  return {"true": True, "false": False, "never": "never"}[value.lower()]
+  choices = {"true": True, "false": False, "never": "never"}
+  if value.lower() not in choices:
+    raise argparse.ArgumentTypeError(f"expected true, false or never, got {value!r}")
+  return choices[value.lower()]
 
 
 def _add_generate_parser(sub):
@@ -77,7 +79,8 @@ def _add_generate_parser(sub):
   g.add_argument("--length-penalty", type=float)
   g.add_argument("--early-stopping", nargs="?", const=True, type=_early_stopping, metavar="true|false|never")
   g.add_argument("--num-return-sequences", type=int)
-  g.add_argument("--do-sample", action="store_true", default=None)
+  g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                 help="sample (default: the checkpoint's generation_config, else greedy)")
   g.add_argument("--temperature", type=float)
   g.add_argument("--top-k", type=int)
   g.add_argument("--top-p", type=float)

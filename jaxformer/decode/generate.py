@@ -131,6 +131,12 @@ class Start:
   prompt_start: jnp.ndarray  # [B] int32: first real (non-padding) column
 
 
+def check_positions(cfg, length: int, what: str) -> None:
+  """Learned position tables end at cfg.max_len (a lookup past the end would give NaN, not an error)."""
+  if cfg.position == "learned" and length > cfg.max_len:
+    raise ValueError(f"{what}={length} exceeds the model's {cfg.max_len} learned positions")
+
+
 def _is_encoder_decoder(model) -> bool:
   return hasattr(model, "encode")
 
@@ -242,9 +248,10 @@ def generate(model, params, prompt, config: GenerationConfig | None = None, *, a
     if total <= prompt.shape[1]:
       raise ValueError(f"max_length={total} leaves no room after a prompt of {prompt.shape[1]} tokens; "
                        "set max_new_tokens or a larger max_length")
-    limit = model.cfg.max_len if model.cfg.position == "learned" else None
-    if limit is not None and total > limit:
-      raise ValueError(f"max_length={total} exceeds the model's {limit} learned positions")
+    check_positions(model.cfg, total, "max_length")
+  else:
+    check_positions(model.cfg, prompt.shape[1], "the source length")
+    check_positions(model.cfg, config.total_length(1), "max_length")
   if config.do_sample and rng is None:
     raise ValueError("do_sample=True needs rng (a JAX key), e.g. jax.random.key(0)")
   rng = jax.random.key(0) if rng is None else rng

@@ -13,6 +13,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jaxformer.decode.generate import check_positions
+
 
 def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = None):
   """Greedy when temperature == 0; else sample from softmax(logits / T), optionally top-k."""
@@ -20,7 +22,7 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int | None = Non
     return jnp.argmax(logits, axis=-1)
   logits = logits / temperature
   if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1)
 
@@ -36,6 +38,7 @@ def generate_sliding(model, params, prompt, rng, *, max_new_tokens: int, tempera
   B, P = prompt.shape
   total = P + max_new_tokens
   window = total if context is None else min(context, total)
+  check_positions(model.cfg, window, "the context window")
   buf = jnp.concatenate([prompt, jnp.zeros((B, max_new_tokens), prompt.dtype)], axis=1)
 
   def body(t, buf):

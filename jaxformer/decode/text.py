@@ -51,7 +51,8 @@ def load_for_generation(checkpoint: str | Path, dtype: str = "float32") -> Loade
   if lm.tokenizer is None:
     raise ValueError(f"{lm.path} has no tokenizer.json, so text prompts cannot be encoded; "
                      "save the tokenizer with transformers' AutoTokenizer.save_pretrained into that directory")
-  defaults = {k: v for k, v in lm.generation_config.items() if k in _FIELDS and v is not None}
+  # HF's defaults where the checkpoint sets none (HF samples with top_k=50 unless told otherwise)
+  defaults = {"top_k": 50, **{k: v for k, v in lm.generation_config.items() if k in _FIELDS and v is not None}}
   if isinstance(defaults.get("eos_token_id"), list):
     defaults["eos_token_id"] = tuple(defaults["eos_token_id"])
   pad = defaults.get("pad_token_id", lm.tokenizer.pad_id)
@@ -59,10 +60,17 @@ def load_for_generation(checkpoint: str | Path, dtype: str = "float32") -> Loade
   return Loaded(lm.model, lm.params, lm.tokenizer.encode, lm.tokenizer.decode, defaults, pad)
 
 
-def generate_text(loaded: Loaded, prompts: list[str], config: GenerationConfig, seed: int = 0):
-  """-> one list per prompt of (text, score or None), num_return_sequences long."""
-  config = config.replace(**{k: v for k, v in loaded.defaults.items()
-                             if getattr(config, k) == getattr(GenerationConfig, k)})
+def generate_text(loaded: Loaded, prompts: list[str], options: dict, seed: int = 0):
+  """-> one list per prompt of (text, score or None), num_return_sequences long.
+
+  `options` (GenerationConfig fields the user set) override the checkpoint's defaults; a
+  checkpoint's do_sample is dropped, with a warning, when the user asks for beam search.
+  """
+  defaults = dict(loaded.defaults)
+  if options.get("num_beams", 1) > 1 and "do_sample" not in options and defaults.pop("do_sample", False):
+    log.warning("the checkpoint's generation_config samples (do_sample=True); beam search here is not "
+                "sampled, so do_sample is off (pass --do-sample with --num-beams 1 to sample)")
+  config = GenerationConfig(**{**defaults, **options})
   encoded = [loaded.encode(p) for p in prompts]
   if any(not ids for ids in encoded):
     raise ValueError("a prompt encodes to no tokens; give some text")

@@ -55,3 +55,20 @@ def test_sampling_flags_and_errors(bloom, capsys):
   assert capsys.readouterr().out == first and first.count("=== ") == 2  # same seed, same samples
   assert main(["generate", "--checkpoint", str(directory / "missing"), "--prompt", "x"]) == 2
   assert "missing" in capsys.readouterr().err
+
+
+def test_command_line_options_override_the_checkpoint_generation_config(bloom, tmp_path, capsys, caplog):
+  """A checkpoint that samples by default (as Llama's do): --num-beams turns sampling off with a warning,
+  --no-do-sample gives greedy decoding, and values equal to HF's defaults still override."""
+  import shutil
+  _, _, directory = bloom
+  sampling = shutil.copytree(directory, tmp_path / "sampling")
+  (sampling / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.5}))
+  run = lambda path, *flags: (main(["generate", "--checkpoint", str(path), "--prompt", PROMPT,  # noqa: E731
+                                    "--max-new-tokens", "6", *flags]), capsys.readouterr().out)[1]
+  assert run(sampling, "--num-beams", "3") == run(directory, "--num-beams", "3")
+  assert "do_sample is off" in caplog.text
+  assert run(sampling, "--no-do-sample") == run(directory)
+  with pytest.raises(SystemExit) as exit_info:
+    main(["generate", "--checkpoint", str(directory), "--prompt", "x", "--early-stopping", "yes"])
+  assert exit_info.value.code == 2

@@ -87,6 +87,25 @@ def test_bad_requests_are_refused(lm):
     GenerationConfig(num_beams=2, num_return_sequences=3)
 
 
+def test_running_out_of_learned_positions_is_an_error():
+  """A lookup past a learned position table would give NaN logits, silently: refuse it instead."""
+  cfg = tiny(position="learned", max_len=8, pad_id=0)
+  for model in (DecoderOnly(cfg), EncoderDecoder(cfg)):
+    args = (jnp.ones((1, 4), jnp.int32),) * (2 if isinstance(model, EncoderDecoder) else 1)
+    params = model.init(jax.random.key(0), *args)["params"]
+    with pytest.raises(ValueError, match="learned positions"):
+      generate(model, params, [[3, 4, 5]], max_new_tokens=8, decoder_start_token_id=1)
+  with pytest.raises(ValueError, match="learned positions"):
+    generate(EncoderDecoder(cfg), params, [[3] * 9], max_new_tokens=2, decoder_start_token_id=1)
+  from jaxformer.decode import generate_sliding
+  lm = DecoderOnly(cfg)
+  lm_params = lm.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+  with pytest.raises(ValueError, match="learned positions"):
+    generate_sliding(lm, lm_params, jnp.ones((1, 3), jnp.int32), jax.random.key(0), max_new_tokens=6)
+  assert generate_sliding(lm, lm_params, jnp.ones((1, 3), jnp.int32), jax.random.key(0), max_new_tokens=6,
+                          context=8).shape == (1, 9)
+
+
 # --- encoder-decoder beam search against exhaustive search -------------------------------------
 BOS, EOS = 1, 2
 
