@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformer.decode.processors import process
+from jaxformer.models.transformer import padding_inputs
 from jaxformer.nn.cache import KVCache
 
 log = logging.getLogger("jaxformer.decode")
@@ -143,7 +144,7 @@ def _is_encoder_decoder(model) -> bool:
 
 def _start_decoder_only(model, params, prompt, mask, total: int) -> Start:
   B, P = prompt.shape
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  positions, mask = padding_inputs(mask)
   cache = KVCache.empty(model.cfg, B, total)
   logits, cache = model.apply({"params": params}, prompt, positions=positions, segment_ids=mask, cache=cache)
   tokens = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt)
@@ -230,7 +231,7 @@ def generate(model, params, prompt, config: GenerationConfig | None = None, *, a
   attention_mask [B, P]: 1 for real tokens, 0 for padding (default: all ones; for encoder-
   decoders, the model's pad_id decides). rng: a JAX key, needed when do_sample=True.
   """
-  config = (config or GenerationConfig()).replace(**options) if options else (config or GenerationConfig())
+  config = (config or GenerationConfig()).replace(**options)
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 2:
     raise ValueError(f"prompt must be [batch, length] token ids, got shape {prompt.shape}")

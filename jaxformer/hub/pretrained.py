@@ -18,21 +18,13 @@ from jaxformer.hub.config import config_from_hf, config_to_hf, guess_model_type
 from jaxformer.hub.convert import params_from_hf, params_to_hf
 from jaxformer.hub.io import Checkpoint, read_json, resolve
 from jaxformer.hub.tokenizer import HFTokenizer
-from jaxformer.models.transformer import DecoderOnly
+from jaxformer.models.transformer import DecoderOnly, padding_inputs
 from jaxformer.nn.config import TransformerConfig
 
 log = logging.getLogger("jaxformer.hub")
 
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
                    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
-
-
-def padding_inputs(attention_mask) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """HF attention_mask [B, T] (1 real, 0 padding; left or right) -> (positions, segment_ids) for
-  `DecoderOnly`, with HF generate's positions: cumsum(mask) - 1, and 1 at padding."""
-  mask = jnp.asarray(attention_mask, jnp.int32)
-  positions = jnp.where(mask == 0, 1, jnp.cumsum(mask, axis=-1) - 1)
-  return positions, mask
 
 
 @dataclasses.dataclass

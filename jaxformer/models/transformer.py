@@ -29,6 +29,13 @@ def default_segments(cfg: TransformerConfig, tokens, segment_ids):
   return (tokens != cfg.pad_id).astype(jnp.int32)
 
 
+def padding_inputs(attention_mask) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """An HF-style attention_mask [B, T] (1 real, 0 padding; left or right) -> (positions, segment_ids)
+  with HF generate's positions: cumsum(mask) - 1 for real tokens, 1 at padding (which is masked anyway)."""
+  mask = jnp.asarray(attention_mask, jnp.int32)
+  return jnp.where(mask == 0, 1, jnp.cumsum(mask, axis=-1) - 1), mask
+
+
 def default_positions(tokens, positions, cache=None):
   """0, 1, 2, ... per row; with a cache, continuing from the slots already written."""
   if positions is not None:

@@ -37,10 +37,6 @@ class KVCache:
     return cls(index=jnp.zeros((), jnp.int32), segment_ids=jnp.zeros((batch, length), jnp.int32),
                positions=jnp.zeros((batch, length), jnp.int32), keys=zeros, values=zeros)
 
-  @property
-  def length(self) -> int:
-    return self.segment_ids.shape[1]
-
   def write(self, positions: jnp.ndarray, segment_ids: jnp.ndarray) -> KVCache:
     """Record the positions and segment ids [B, T] of the T tokens about to be written at `index`."""
     update = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=1)
