@@ -1,7 +1,10 @@
-"""Character-level language-modelling data: a corpus as one token array, random windows.
+"""Text data for language models and classifiers.
 
-Batches are a pure function of (seed, step), so a run restarted at step k sees
-exactly the batches it would have seen (no iterator state to save).
+CharLMData       a character corpus as one token array, random windows; batches are a pure function
+                 of (seed, step) (nanoGPT's setup; tiny_shakespeare, stdlib sources, any text file)
+PackedLMData     a TFDS dataset of documents/sentences (lm1b, any text dataset), SentencePiece or bytes,
+                 packed into rows with segment ids and positions
+TextClassificationData   a TFDS dataset of (text, label) (imdb_reviews byte-level, as Long Range Arena)
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxformer.data.tokenizers import CharTokenizer
+from jaxformer.data.pipeline import MappedBatches, PackedBatches, PaddedBatches, examples, shift_right
+from jaxformer.data.sources import as_text, tfds_source
+from jaxformer.data.tokenizers import BOS, EOS, PAD, ByteTokenizer, CharTokenizer, sentencepiece_tokenizer
 
 log = logging.getLogger("jaxformer.data")
 
@@ -44,14 +49,18 @@ def text_file_corpus(path: str) -> str:
 
 
 class CharLMData:
-  """A character corpus split into train/validation (the last `val_fraction`, as nanoGPT)."""
+  """A character corpus split into train/validation (the last `val_fraction`, as nanoGPT), or given
+  as separate train and validation texts (`val_text`)."""
   kind = "lm"
 
-  def __init__(self, text: str, seq_len: int, seed: int = 0, val_fraction: float = 0.1):
-    self.tokenizer = CharTokenizer.from_text(text)
+  def __init__(self, text: str, seq_len: int, seed: int = 0, val_fraction: float = 0.1, val_text: str | None = None):
+    self.tokenizer = CharTokenizer.from_text(text + (val_text or ""))
     ids = np.asarray(self.tokenizer.encode(text), np.int32)
-    n_val = int(len(ids) * val_fraction)
-    self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    if val_text is None:
+      n_val = int(len(ids) * val_fraction)
+      self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    else:
+      self.train_ids, self.val_ids = ids, np.asarray(self.tokenizer.encode(val_text), np.int32)
     if min(len(self.train_ids), len(self.val_ids)) <= seq_len + 1:
       raise ValueError(f"corpus of {len(ids)} characters is too short for data.seq_len={seq_len}")
     self.seq_len, self.seed = seq_len, seed
@@ -73,3 +82,100 @@ class CharLMData:
   def eval_batches(self, num_batches: int, batch_size: int):
     rng = np.random.default_rng([self.seed, 2**31 - 1])
     return [self._windows(self.val_ids, batch_size, rng) for _ in range(num_batches)]
+
+
+def tfds_char_corpus(data) -> tuple[str, str]:
+  """(train, validation) text of a TFDS dataset whose splits hold the corpus (tiny_shakespeare: one
+  example per split)."""
+  join = lambda split: "".join(as_text(ex[data.text_key]) for ex in tfds_source(data.name, split, data.data_dir))
+  return join(data.train_split), join(data.eval_split)
+
+
+def _text_tokenizer(data, seed: int, cache_dir, source, specials):
+  if data.tokenizer == "byte":
+    return ByteTokenizer(specials)
+  if data.tokenizer == "sentencepiece":
+    texts = lambda: (as_text(ex[data.text_key]) for ex in examples(source, seed=seed, num_epochs=1, shard=(0, 1)))
+    key = f"{data.name}:{data.train_split}:{len(source)}:{data.text_key}:{data.spm_max_chars}:{seed}"
+    return sentencepiece_tokenizer(texts, data.vocab_size, None if cache_dir is None else f"{cache_dir}/vocab",
+                                   key, max_chars=data.spm_max_chars)
+  raise ValueError(f"data.tokenizer must be 'sentencepiece' or 'byte', got {data.tokenizer!r}")
+
+
+class TfdsTextData:
+  """Shared by the TFDS text datasets: a source per split (`source_fn(split)`, default TFDS), the
+  tokenizer (`make_tokenizer`), endless shuffled training batches and evaluation batches in order.
+  Subclasses define `encode(example) -> token arrays` and `_batches(examples, batch_size)`."""
+  specials = (PAD, BOS, EOS)
+
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
+    self.data, self.seed = data, seed
+    self.source = source_fn or (lambda split: tfds_source(data.name, split, data.data_dir))
+    self.train_source = self.source(data.train_split)
+    self.tokenizer = self.make_tokenizer(cache_dir)
+
+  def make_tokenizer(self, cache_dir):
+    return _text_tokenizer(self.data, self.seed, cache_dir, self.train_source, self.specials)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def train_iterator(self, batch_size: int):
+    """Endless, shuffled anew each epoch, resumable (`get_state` / `set_state`)."""
+    return self._batches(examples(self.train_source, self.encode, seed=self.seed), batch_size)
+
+  def eval_batches(self, num_batches: int, batch_size: int, split: str | None = None):
+    """The first `num_batches` batches of a split (default: data.eval_split), in order (all when <= 0)."""
+    exs = examples(self.source(split or self.data.eval_split), self.encode, seed=0, shuffle=False, num_epochs=1,
+                   shard=(0, 1))
+    out = []
+    for batch in self._batches(exs, batch_size):
+      out.append(batch)
+      if len(out) == num_batches:
+        break
+    return out
+
+
+class PackedLMData(TfdsTextData):
+  """Next-token prediction over the documents of a TFDS text dataset, packed: each row holds whole
+  documents (each ending with EOS; longer ones are cut) with their own positions and segment ids,
+  so no token attends to another document."""
+  kind = "lm"
+
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
+    super().__init__(data, seed, cache_dir, source_fn)
+    self.seq_len = data.seq_len
+
+  def encode(self, ex) -> dict[str, np.ndarray]:
+    return {"targets": np.asarray(self.tokenizer.encode(as_text(ex[self.data.text_key])) + [self.tokenizer.eos_id],
+                                  np.int32)}
+
+  def to_model_batch(self, batch: dict) -> dict[str, np.ndarray]:
+    seg = batch["targets_segment_ids"]
+    return {"inputs": shift_right(batch["targets"], seg, self.tokenizer.bos_id), "targets": batch["targets"],
+            "segment_ids": seg, "positions": batch["targets_positions"]}
+
+  def _batches(self, exs, batch_size: int):
+    return MappedBatches(PackedBatches(exs, batch_size, {"targets": self.seq_len}), self.to_model_batch)
+
+
+class TextClassificationData(TfdsTextData):
+  """(text, label) examples, one per row, cut or padded to data.max_len tokens (Long Range Arena's
+  byte-level IMDB: data.tokenizer="byte")."""
+  kind = "classification"
+  specials = (PAD,)
+
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
+    super().__init__(data, seed, cache_dir, source_fn)
+    self.num_classes = data.num_classes
+
+  def encode(self, ex) -> dict[str, np.ndarray]:
+    label = int(ex[self.data.label_key])
+    if not 0 <= label < self.num_classes:
+      raise ValueError(f"label {label} is outside [0, data.num_classes={self.num_classes})")
+    return {"inputs": np.asarray(self.tokenizer.encode(as_text(ex[self.data.text_key])), np.int32),
+            "label": np.asarray(label, np.int32)}
+
+  def _batches(self, exs, batch_size: int):
+    return PaddedBatches(exs, batch_size, {"inputs": self.data.max_len})

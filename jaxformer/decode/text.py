@@ -32,16 +32,14 @@ class Loaded:
 def load_for_generation(checkpoint: str | Path, dtype: str = "float32") -> Loaded:
   path = Path(checkpoint)
   if (path / "model.json").is_file():
-    from jaxformer.data.tokenizers import BOS, EOS
     from jaxformer.train.checkpoint import load_run
 
     model, params, tok = load_run(path)
-    specials = getattr(tok, "specials", ())
     defaults = {"pad_token_id": tok.pad_id}
-    if EOS in specials:
-      defaults["eos_token_id"] = tok.special_id(EOS)
-    if BOS in specials:
-      defaults["decoder_start_token_id"] = tok.special_id(BOS)
+    if tok.eos_id is not None:
+      defaults["eos_token_id"] = tok.eos_id
+    if tok.bos_id is not None:
+      defaults["decoder_start_token_id"] = tok.bos_id
     strip = set(defaults.values())
     return Loaded(model, params, tok.encode, lambda ids: tok.decode([i for i in ids if i not in strip]),
                   defaults, tok.pad_id)

@@ -19,55 +19,36 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxformer.data import build_dataset
-from jaxformer.decode import GenerationConfig, generate, generate_sliding
+from jaxformer.data import build_dataset, train_batches
+from jaxformer.decode import generate_sliding
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.train.checkpoint import save_run
+from jaxformer.train.evaluate import evaluate, exact_match, translation_bleu
 from jaxformer.train.metrics import MetricWriter, plot_loss_curves
 from jaxformer.train.optim import make_optimizer
 from jaxformer.train.step import create_train_state, init_params, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxformer.train")
-_DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq"}
+_DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification"}
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def model_config(config, vocab_size: int) -> TransformerConfig:
-  """config.model as a TransformerConfig; vocab_size 0 means "take it from the data"."""
+def model_config(config, vocab_size: int, num_classes: int | None = None) -> TransformerConfig:
+  """config.model as a TransformerConfig; vocab_size 0 means "take it from the data" (and the
+  classifier's num_classes always comes from the data when it has one)."""
   fields = config.model.to_dict()
+  if num_classes is not None:
+    fields["num_classes"] = num_classes
   if not fields.get("vocab_size"):
     fields["vocab_size"] = vocab_size
   elif fields["vocab_size"] < vocab_size:
     raise ValueError(f"model.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
                      f"{vocab_size}; set it to 0 to take the tokenizer's size")
   return TransformerConfig.from_dict(fields)
-
-
-def evaluate(eval_step, params, batches) -> dict[str, float]:
-  sums = None
-  for batch in batches:
-    out = eval_step(params, batch)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  w = max(float(sums["weight"]), 1.0)
-  nll = float(sums["nll"]) / w
-  return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "accuracy": float(sums["correct"]) / w}
-
-
-def exact_match(model, params, ds, batches) -> float:
-  """Fraction of eval examples whose greedy decoding equals the target exactly (incl. EOS)."""
-  hits = total = 0
-  for batch in batches:
-    config = GenerationConfig(max_length=ds.target_len + 1, decoder_start_token_id=ds.bos_id,
-                              eos_token_id=ds.eos_id, pad_token_id=0)
-    pred = generate(model, params, batch["inputs"], config).sequences[:, 1:]  # drop the start token
-    hits += int(np.sum(np.all(np.asarray(pred) == batch["targets"], axis=1)))
-    total += len(batch["targets"])
-  return hits / max(total, 1)
 
 
 def sample_text(model, params, tokenizer, sample_cfg, seed: int, context: int) -> str:
@@ -91,7 +72,8 @@ def _window_metrics(host: list[dict], first_step: int, elapsed: float) -> dict[s
 
 def _fresh_workdir(workdir: Path) -> None:
   """This loop does not resume yet: clear what an earlier run left, loudly."""
-  stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png")]
+  stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png",
+                                  "data_state.json")]
   stale = [p for p in stale if p.exists()]
   if stale:
     log.warning("workdir %s holds an earlier run; replacing %s", workdir, [p.name for p in stale])
@@ -105,14 +87,15 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   t_start = time.time()
   workdir = Path(workdir)
   tc = config.train
-  ds = build_dataset(config.data, config.seed)
+  ds = build_dataset(config.data, config.seed, cache_dir=workdir)
   if _DATA_FOR_MODEL.get(config.model_kind) != ds.kind:
     raise ValueError(f"model_kind={config.model_kind!r} cannot train on data.name={config.data.name!r} "
                      f"(a {ds.kind} dataset)")
-  cfg = model_config(config, ds.vocab_size)
+  cfg = model_config(config, ds.vocab_size, getattr(ds, "num_classes", None))
   model = build_model(config.model_kind, cfg)
   tx, schedule = make_optimizer(config.optim, cfg.d_model, tc.steps)
-  params, _ = init_params(model, config.model_kind, ds.train_batch(0, tc.batch_size), config.seed)
+  batches = train_batches(ds, tc.batch_size)
+  params, _ = init_params(model, config.model_kind, next(train_batches(ds, tc.batch_size)), config.seed)
   state = create_train_state(params, tx, config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   log.info("%s with %.2fM parameters on %s", config.model_kind, n_params / 1e6, jax.devices()[0].platform)
@@ -127,9 +110,11 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
   pending, window_start, compile_s = [], time.time(), None
+  average = ParamAverage(tc.average_last, tc.average_every)
   bar = tqdm(range(tc.steps), desc="train", disable=not progress, dynamic_ncols=True)
   for step in bar:
-    state, metrics = train_step(state, ds.train_batch(step, tc.batch_size))
+    state, metrics = train_step(state, next(batches))
+    average.maybe_add(step + 1, state.params)
     pending.append(metrics)
     last = step + 1 == tc.steps
     if step == 0 or (step + 1) % tc.log_every == 0 or last:
@@ -150,22 +135,50 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   bar.close()
   writer.close()
 
-  final = evaluate(eval_step, state.params, eval_set)
-  results = {"experiment": config.get("name", ""), "step": int(state.step), "eval": final,
-             "num_params": int(n_params), "compile_s": round(compile_s or 0.0, 2),
-             "train_s": round(time.time() - t_start, 2), "hardware": _hardware(), "versions": _versions()}
-  if ds.kind == "seq2seq":
-    em_batches = ds.eval_batches(tc.eval_batches, tc.eval_batch_size)
-    results["exact_match"] = exact_match(model, state.params, ds, em_batches)
-  else:
-    results["sample"] = sample_text(model, state.params, ds.tokenizer, config.sample, config.seed,
-                                    context=ds.seq_len)
-  save_run(workdir, config.model_kind, cfg, state.params, ds.tokenizer)
+  params = state.params
+  results = {"experiment": config.get("name", ""), "step": int(state.step), "num_params": int(n_params),
+             "compile_s": round(compile_s or 0.0, 2), "train_s": round(time.time() - t_start, 2),
+             "hardware": _hardware(), "versions": _versions()}
+  if average.count > 1:
+    params = average.result()
+    results["averaged_checkpoints"] = average.count
+    log.info("final parameters: the average of the last %d snapshots (every %d steps)", average.count,
+             tc.average_every)
+  results["eval"] = evaluate(eval_step, params, eval_set)
+  if ds.kind == "seq2seq" and hasattr(ds, "texts"):
+    results |= translation_bleu(model, params, ds, config.eval, ds.data.eval_split)
+  elif ds.kind == "seq2seq":
+    results["exact_match"] = exact_match(model, params, ds, ds.eval_batches(tc.eval_batches, tc.eval_batch_size))
+  elif ds.kind == "lm" and "sample" in config:
+    results["sample"] = sample_text(model, params, ds.tokenizer, config.sample, config.seed, context=ds.seq_len)
+  save_run(workdir, config.model_kind, cfg, params, ds.tokenizer)
+  (workdir / "data_state.json").write_text(json.dumps(batches.get_state()))
   if (workdir / "metrics.jsonl").exists():
     plot_loss_curves(workdir)
   results["total_s"] = round(time.time() - t_start, 2)
   (workdir / "results.json").write_text(json.dumps(results, indent=1))
   return results
+
+
+class ParamAverage:
+  """The paper's checkpoint averaging: keep the last `last` parameter snapshots taken every `every`
+  steps (on the host) and average them at the end. Off when `last` <= 1."""
+
+  def __init__(self, last: int, every: int):
+    if last > 1 and every <= 0:
+      raise ValueError(f"train.average_last={last} needs train.average_every > 0 (steps between snapshots)")
+    self.last, self.every, self.snapshots = last, every, []
+
+  @property
+  def count(self) -> int:
+    return len(self.snapshots)
+
+  def maybe_add(self, step: int, params) -> None:
+    if self.last > 1 and step % self.every == 0:
+      self.snapshots = [*self.snapshots[-(self.last - 1):], jax.device_get(params)]
+
+  def result(self):
+    return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0).astype(xs[0].dtype), *self.snapshots)
 
 
 def _hardware() -> str:

@@ -1,0 +1,278 @@
+"""Deterministic, resumable batching over random-access examples.
+
+    source (tfds.data_source, a list, ...)
+      -> `examples()`: a grain MapDataset: this process's shard, shuffled per epoch with a seed,
+         repeated, tokenized lazily on access (random access: example i is a pure function of i)
+      -> `PackedBatches`   rows filled with whole examples, `<f>_segment_ids` / `<f>_positions` per feature
+         `BucketedBatches` examples of similar length together, about `tokens_per_batch` tokens per batch
+         `StepBatches`     for generated tasks whose batch is a pure function of (seed, step)
+
+Every batch iterator has `get_state()` -> a small JSON-able dict and `set_state(state)`; an iterator
+restored from a state yields exactly the batches the original would have yielded next. The state is
+tiny because batching never carries examples over between batches: a batch is a pure function of the
+position it starts at.
+
+Examples are dicts of 1-D int32 token arrays (e.g. {"inputs": ..., "targets": ...}). Id 0 is padding.
+"""
+from __future__ import annotations
+
+import logging
+
+import grain
+import jax
+import numpy as np
+
+log = logging.getLogger("jaxformer.data")
+
+
+def examples(source, transform=None, *, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+             shard: tuple[int, int] | None = None) -> grain.MapDataset:
+  """A random-access view of `source` for this process: shard (index, count) (default: this JAX
+  process of all), a fresh seeded permutation every epoch, `num_epochs` repetitions (None: forever),
+  then `transform` applied lazily to each example."""
+  index, count = shard or (jax.process_index(), jax.process_count())
+  ds = grain.MapDataset.source(source)
+  if count > 1:
+    if len(ds) < count:
+      raise ValueError(f"{len(ds)} examples cannot be sharded over {count} processes")
+    ds = ds[index::count]
+  if shuffle:
+    ds = ds.seed(seed).shuffle()
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  return ds.map(transform) if transform is not None else ds
+
+
+class _Truncation:
+  """Counts examples cut to the maximum length, and says so (once) instead of hiding it."""
+
+  def __init__(self, lengths: dict[str, int]):
+    self.lengths, self.count = lengths, 0
+
+  def __call__(self, ex: dict) -> dict:
+    out = {}
+    for k, n in self.lengths.items():
+      x = ex[k]
+      if len(x) > n:
+        if self.count == 0:
+          log.warning("examples longer than %s are truncated (first: %r has %d tokens); raise data.max_len "
+                      "to keep them whole", self.lengths, k, len(x))
+        self.count += 1
+        x = x[:n]
+      out[k] = x
+    return out
+
+
+class PackedBatches:
+  """Fill `batch_size` rows per feature (lengths: feature -> row length) with whole examples.
+
+  First fit: each example goes to the first row where every feature still fits; when it fits in no
+  row the batch is closed and the example starts the next batch. Outputs per feature `f`: `f` tokens
+  [B, L] (0 = padding), `f_segment_ids` (1, 2, ... per example in a row, 0 for padding) and
+  `f_positions` (0-based, restarting at every example). Examples longer than a row are truncated
+  (counted and logged). A finite example stream ends with one partly filled batch.
+  """
+
+  def __init__(self, examples, batch_size: int, lengths: dict[str, int]):
+    self.examples, self.batch_size, self.lengths = examples, batch_size, dict(lengths)
+    self.index = 0
+    self.truncate = _Truncation(self.lengths)
+
+  def get_state(self) -> dict:
+    return {"index": self.index}
+
+  def set_state(self, state: dict) -> None:
+    self.index = int(state["index"])
+
+  def __iter__(self):
+    return self
+
+  def _get(self, i):
+    return self.truncate(self.examples[i]) if i < len(self.examples) else None
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    b = self.batch_size
+    out = {}
+    for k, n in self.lengths.items():
+      out[k] = np.zeros((b, n), np.int32)
+      out[f"{k}_segment_ids"] = np.zeros((b, n), np.int32)
+      out[f"{k}_positions"] = np.zeros((b, n), np.int32)
+    fill = {k: np.zeros(b, np.int64) for k in self.lengths}
+    segments = np.zeros(b, np.int32)
+    placed = 0
+    while True:
+      ex = self._get(self.index)
+      if ex is None:
+        break
+      row = next((r for r in range(b) if all(fill[k][r] + len(ex[k]) <= n for k, n in self.lengths.items())), None)
+      if row is None:
+        break
+      segments[row] += 1
+      for k in self.lengths:
+        x, start = ex[k], fill[k][row]
+        out[k][row, start:start + len(x)] = x
+        out[f"{k}_segment_ids"][row, start:start + len(x)] = segments[row]
+        out[f"{k}_positions"][row, start:start + len(x)] = np.arange(len(x))
+        fill[k][row] += len(x)
+      self.index += 1
+      placed += 1
+    if placed == 0:
+      raise StopIteration
+    return out
+
+
+class BucketedBatches:
+  """Length bucketing (the paper's "batched together by approximate sequence length").
+
+  Reads `window` examples at a time, puts each in the smallest bucket boundary that holds its longest
+  feature, and cuts every bucket into batches of `max(1, tokens_per_batch // boundary)` rows (rounded
+  down to a multiple of `batch_multiple`, e.g. the data-parallel device count), padded to the boundary.
+  A bucket's last batch in a window is filled up with empty rows (all padding), so every bucket has one
+  fixed shape: one compilation per bucket. The window's batches come in a seeded random order.
+  Examples longer than the largest boundary are truncated (counted and logged).
+  """
+
+  def __init__(self, examples, boundaries, tokens_per_batch: int, *, features=("inputs", "targets"),
+               window: int = 10_000, seed: int = 0, batch_multiple: int = 1):
+    self.examples, self.boundaries = examples, sorted(int(b) for b in boundaries)
+    self.features, self.window, self.seed = tuple(features), window, seed
+    self.sizes = [max(batch_multiple, (tokens_per_batch // n) // batch_multiple * batch_multiple)
+                  for n in self.boundaries]
+    self.truncate = _Truncation({k: self.boundaries[-1] for k in self.features})
+    self.start, self.position, self._batches = 0, 0, None
+
+  def get_state(self) -> dict:
+    return {"start": self.start, "position": self.position}
+
+  def set_state(self, state: dict) -> None:
+    self.start, self.position, self._batches = int(state["start"]), int(state["position"]), None
+
+  def __iter__(self):
+    return self
+
+  def _window_batches(self) -> list[dict[str, np.ndarray]]:
+    exs = []  # (grain wraps indices around: stop at len() ourselves)
+    for i in range(self.start, min(self.start + self.window, len(self.examples))):
+      exs.append(self.truncate(self.examples[i]))
+    buckets: dict[int, list[dict]] = {}
+    for ex in exs:
+      longest = max(len(ex[k]) for k in self.features)
+      buckets.setdefault(int(np.searchsorted(self.boundaries, longest)), []).append(ex)
+    batches = []
+    for b, group in sorted(buckets.items()):
+      size, n = self.sizes[b], self.boundaries[b]
+      for first in range(0, len(group), size):
+        batch = {k: np.zeros((size, n), np.int32) for k in self.features}
+        for row, ex in enumerate(group[first:first + size]):
+          for k in self.features:
+            batch[k][row, :len(ex[k])] = ex[k]
+        batches.append(batch)
+    order = np.random.default_rng([self.seed, self.start]).permutation(len(batches))
+    return [batches[i] for i in order], len(exs)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._batches is None:
+      self._batches, self._count = self._window_batches()
+    if self.position >= len(self._batches):
+      if self._count < self.window:  # a finite stream ended inside this window
+        raise StopIteration
+      self.start, self.position = self.start + self.window, 0
+      self._batches, self._count = self._window_batches()
+      if not self._batches:
+        raise StopIteration
+    batch = self._batches[self.position]
+    self.position += 1
+    return batch
+
+
+class StepBatches:
+  """Batches of a generated task, `make_batch(step, batch_size)` a pure function of (seed, step)."""
+
+  def __init__(self, make_batch, batch_size: int):
+    self.make_batch, self.batch_size, self.step = make_batch, batch_size, 0
+
+  def get_state(self) -> dict:
+    return {"step": self.step}
+
+  def set_state(self, state: dict) -> None:
+    self.step = int(state["step"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = self.make_batch(self.step, self.batch_size)
+    self.step += 1
+    return batch
+
+
+def train_batches(ds, batch_size: int):
+  """The training batch iterator of a dataset: its own, or `StepBatches` over `train_batch`."""
+  if hasattr(ds, "train_iterator"):
+    return ds.train_iterator(batch_size)
+  return StepBatches(ds.train_batch, batch_size)
+
+
+def shift_right(targets: np.ndarray, segment_ids: np.ndarray | None, start_id: int) -> np.ndarray:
+  """Decoder inputs for teacher forcing: every token moves one place right and each example (segment)
+  starts with `start_id`; padding stays 0. With packed rows no token sees the previous example's last one."""
+  shifted = np.zeros_like(targets)
+  shifted[:, 1:] = targets[:, :-1]
+  if segment_ids is None:  # one example per row, right-padded
+    segment_ids = (targets != 0).astype(np.int32)
+  first = np.ones_like(segment_ids, bool)
+  first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+  shifted = np.where(first, start_id, shifted)
+  return np.where(segment_ids > 0, shifted, 0).astype(targets.dtype)
+
+
+class MappedBatches:
+  """`fn` applied to every batch of a resumable iterator; the state is the inner iterator's."""
+
+  def __init__(self, inner, fn):
+    self.inner, self.fn = inner, fn
+
+  def get_state(self) -> dict:
+    return self.inner.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.inner.set_state(state)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return self.fn(next(self.inner))
+
+
+class PaddedBatches:
+  """One example per row: features in `lengths` cut/padded to their length, other (scalar) features
+  stacked. A finite stream ends with a smaller last batch."""
+
+  def __init__(self, examples, batch_size: int, lengths: dict[str, int]):
+    self.examples, self.batch_size, self.index = examples, batch_size, 0
+    self.lengths, self.truncate = dict(lengths), _Truncation(dict(lengths))
+
+  def get_state(self) -> dict:
+    return {"index": self.index}
+
+  def set_state(self, state: dict) -> None:
+    self.index = int(state["index"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = []
+    while len(rows) < self.batch_size and self.index < len(self.examples):
+      ex = self.examples[self.index]
+      rows.append(ex | self.truncate(ex))
+      self.index += 1
+    if not rows:
+      raise StopIteration
+    out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in self.lengths}
+    for k, n in self.lengths.items():
+      out[k] = np.zeros((len(rows), n), np.int32)
+      for i, r in enumerate(rows):
+        out[k][i, :len(r[k])] = r[k]
+    return out

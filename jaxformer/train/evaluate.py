@@ -1,0 +1,124 @@
+"""Evaluation: loss / perplexity / accuracy over batches, greedy exact match for synthetic seq2seq
+tasks, and translation BLEU (beam search, detokenized output, sacreBLEU).
+
+`evaluate_run(config, workdir, split)` is `jaxformer eval`: it loads a finished run and reports what
+fits the task: BLEU (+ loss) for translation, perplexity for language models, accuracy for classifiers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer.decode import GenerationConfig, generate
+
+log = logging.getLogger("jaxformer.eval")
+
+
+def evaluate(eval_step, params, batches) -> dict[str, float]:
+  """Token-weighted loss, perplexity and accuracy (classification: per example) over `batches`."""
+  sums = None
+  for batch in batches:
+    out = eval_step(params, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  if sums is None:
+    raise ValueError("no evaluation batches: the evaluation split is empty")
+  sums = jax.device_get(sums)
+  w = max(float(sums["weight"]), 1.0)
+  nll = float(sums["nll"]) / w
+  return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "accuracy": float(sums["correct"]) / w}
+
+
+def exact_match(model, params, ds, batches) -> float:
+  """Fraction of eval examples whose greedy decoding equals the target exactly (incl. EOS)."""
+  hits = total = 0
+  for batch in batches:
+    config = GenerationConfig(max_length=ds.target_len + 1, decoder_start_token_id=ds.bos_id,
+                              eos_token_id=ds.eos_id, pad_token_id=0)
+    pred = generate(model, params, batch["inputs"], config).sequences[:, 1:]  # drop the start token
+    hits += int(np.sum(np.all(np.asarray(pred) == batch["targets"], axis=1)))
+    total += len(batch["targets"])
+  return hits / max(total, 1)
+
+
+def translate(model, params, tokenizer, sources: list[str], *, num_beams: int = 4, length_penalty: float = 0.6,
+              max_extra_len: int = 50, max_input_len: int = 256, batch_size: int = 64) -> list[str]:
+  """Beam-search translations of `sources` (the paper: beam 4, length penalty 0.6, output length at
+  most input length + 50), detokenized. Sources are sorted by length and padded to multiples of 16
+  so similar lengths share one compiled shape."""
+  ids = [tokenizer.encode(s)[:max_input_len - 1] + [tokenizer.eos_id] for s in sources]
+  order = np.argsort([len(x) for x in ids], kind="stable")
+  out: list[str | None] = [None] * len(ids)
+  for first in range(0, len(ids), batch_size):
+    chunk = order[first:first + batch_size]
+    width = -(-max(len(ids[i]) for i in chunk) // 16) * 16
+    inputs = np.zeros((batch_size, width), np.int32)  # full batches: one shape per width
+    inputs[:, 0] = tokenizer.eos_id  # filler rows are a lone EOS
+    for row, i in enumerate(chunk):
+      inputs[row, :len(ids[i])] = ids[i]
+    config = GenerationConfig(max_length=width + max_extra_len + 1, num_beams=num_beams,
+                              length_penalty=length_penalty, early_stopping=True,
+                              decoder_start_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=0)
+    seqs = np.asarray(generate(model, params, inputs, config).sequences)[:, 1:]
+    for row, i in enumerate(chunk):
+      toks = seqs[row].tolist()
+      if tokenizer.eos_id in toks:
+        toks = toks[:toks.index(tokenizer.eos_id)]
+      out[i] = tokenizer.decode(toks)
+  return out
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+  """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenization, mixed case):
+  (score, signature)."""
+  from sacrebleu.metrics import BLEU
+
+  metric = BLEU()
+  return metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature())
+
+
+def translation_bleu(model, params, ds, eval_cfg, split: str) -> dict:
+  """BLEU of the model's beam-search translations of a split of a translation dataset."""
+  start = time.time()
+  sources, refs = ds.texts(split, eval_cfg.bleu_examples)
+  hyps = translate(model, params, ds.tokenizer, sources, num_beams=eval_cfg.num_beams,
+                   length_penalty=eval_cfg.length_penalty, max_extra_len=eval_cfg.max_extra_len,
+                   max_input_len=ds.data.max_len, batch_size=eval_cfg.batch_size)
+  score, signature = bleu(hyps, refs)
+  log.info("BLEU %.2f on %d sentences of %s in %.0f s (%s)", score, len(refs), split, time.time() - start, signature)
+  return {"bleu": score, "bleu_signature": signature, "bleu_sentences": len(refs), "bleu_split": split,
+          "examples": [{"source": s, "reference": r, "output": h} for s, r, h in list(zip(sources, refs, hyps))[:5]]}
+
+
+def evaluate_run(config, workdir, split: str | None = None) -> dict:
+  """`jaxformer eval`: load the run in `workdir` and evaluate it on `split` (default: the config's
+  evaluation split). Writes eval_<split>.json into the workdir and returns the same dict."""
+  from jaxformer.data import build_dataset
+  from jaxformer.train.checkpoint import load_run
+  from jaxformer.train.step import make_eval_step
+
+  workdir = Path(workdir)
+  model, params, tokenizer = load_run(workdir)
+  ds = build_dataset(config.data, config.seed, cache_dir=workdir)
+  if ds.tokenizer.to_dict() != tokenizer.to_dict():
+    raise ValueError(f"the run in {workdir} was trained with another tokenizer than the config's data gives; "
+                     "evaluate with the config it was trained with")
+  split = split or getattr(getattr(ds, "data", None), "eval_split", None) or "validation"
+  model_kind = {"lm": "decoder_only", "seq2seq": "encoder_decoder", "classification": "encoder_classifier"}[ds.kind]
+  eval_step = jax.jit(make_eval_step(model, model_kind))
+  tc = config.train
+  batches = (ds.eval_batches(tc.eval_batches, tc.eval_batch_size, split=split) if hasattr(ds, "source")
+             else ds.eval_batches(tc.eval_batches, tc.eval_batch_size))  # generated tasks: one held-out set
+  results = {"split": split, "eval": evaluate(eval_step, params, batches)}
+  if ds.kind == "seq2seq" and hasattr(ds, "texts"):
+    results |= translation_bleu(model, params, ds, config.eval, split)
+  elif ds.kind == "seq2seq":
+    results["exact_match"] = exact_match(model, params, ds, batches)
+  (workdir / f"eval_{split}.json").write_text(json.dumps(results, indent=1))
+  return results
