@@ -1,7 +1,9 @@
-"""`jaxformer train | generate`: a thin command line over importable functions.
+"""`jaxformer train | eval | generate | prepare`: a thin command line over importable functions.
 
   jaxformer train [--config experiments/NAME.py | NAME] [--workdir DIR] [--config.key=value ...]
+  jaxformer eval --config experiments/NAME.py --workdir DIR [--split test] [--config.key=value ...]
   jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
+  jaxformer prepare TFDS_NAME [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -29,6 +31,32 @@ def _train(args, overrides) -> int:
     print("sample:\n" + "-" * 60 + "\n" + results["sample"] + "\n" + "-" * 60)
   print(f"results: {workdir / 'results.json'}   loss curve: {workdir / 'loss.png'}   "
         f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+  return 0
+
+
+def _eval(args, overrides) -> int:
+  from jaxformer.config import load_config, resolve_experiment
+  from jaxformer.train.evaluate import evaluate_run
+
+  config = load_config(args.config, overrides)
+  workdir = Path(args.workdir or Path("runs") / resolve_experiment(args.config).stem)
+  results = evaluate_run(config, workdir, args.split)
+  ev = results["eval"]
+  print(f"{results['split']}: loss {ev['nll']:.4f}  perplexity {ev['perplexity']:.3f}  accuracy {ev['accuracy']:.4f}")
+  if "bleu" in results:
+    print(f"BLEU {results['bleu']:.2f} on {results['bleu_sentences']} sentences (sacreBLEU {results['bleu_signature']})")
+    for ex in results["examples"][:3]:
+      print(f"  source:    {ex['source']}\n  reference: {ex['reference']}\n  output:    {ex['output']}")
+  if "exact_match" in results:
+    print(f"greedy-decoding exact match: {results['exact_match']:.4f}")
+  print(f"results: {workdir / ('eval_' + results['split'] + '.json')}")
+  return 0
+
+
+def _prepare(args) -> int:
+  from jaxformer.data import prepare
+
+  print(f"{args.name} is ready in {prepare(args.name, args.data_dir)}")
   return 0
 
 
@@ -100,16 +128,25 @@ def main(argv: list[str] | None = None) -> int:
   tr.add_argument("--workdir", default=None, help="run directory (default: runs/<experiment>)")
   tr.add_argument("--no-progress", action="store_true", help="no progress bar")
   tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  ev = sub.add_parser("eval", help="evaluate a finished run: BLEU (translation), perplexity (LM), accuracy",
+                      epilog="Any --config.KEY=VALUE overrides a config value, e.g. --config.eval.num_beams=1")
+  ev.add_argument("--config", default=None, help="the experiment the run was trained with")
+  ev.add_argument("--workdir", default=None, help="the run directory (default: runs/<experiment>)")
+  ev.add_argument("--split", default=None, help="dataset split (default: the config's data.eval_split)")
+  pr = sub.add_parser("prepare", help="download and prepare a TFDS dataset (array_record) for training")
+  pr.add_argument("name", help="TFDS name, e.g. wmt14_translate/de-en")
+  pr.add_argument("--data-dir", default=None, help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)
-  if args.command == "generate":
+  if args.command in ("generate", "prepare"):
     if rest:
       parser.error(f"unrecognised arguments {rest}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.command == "generate" else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
-      return _generate(args)
-    except (FileNotFoundError, ValueError) as e:
-      print(f"jaxformer generate: {e}", file=sys.stderr)
+      return _generate(args) if args.command == "generate" else _prepare(args)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
+      print(f"jaxformer {args.command}: {e}", file=sys.stderr)
       return 2
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -119,12 +156,17 @@ def main(argv: list[str] | None = None) -> int:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on every start
   from jaxformer.config import ConfigError, load_config
   try:
+    if args.command == "eval":
+      return _eval(args, rest)
     if args.print_config:
       print(json.dumps(json.loads(load_config(args.config, rest).to_json_best_effort()), indent=1))
       return 0
     return _train(args, rest)
   except ConfigError as e:
     print(f"jaxformer: config error: {e}", file=sys.stderr)
+    return 2
+  except (FileNotFoundError, ValueError) as e:  # missing data or run, bad data settings: one clear line
+    print(f"jaxformer {args.command}: {e}", file=sys.stderr)
     return 2
 
 

@@ -36,11 +36,11 @@ _TFDS = dict(data_dir=None, train_split="train", eval_split="validation")
 DEFAULTS = {
     "translation": dict(_TFDS, test_split="test", source_lang="en", target_lang="de", vocab_size=32000,
                         spm_max_chars=10_000_000, max_len=256, batching="bucket", tokens_per_batch=25_000,
-                        bucket_boundaries=(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)),
+                        bucket_boundaries=(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), batch_multiple=1),
     "lm": dict(_TFDS, text_key="text", tokenizer="sentencepiece", vocab_size=32000, spm_max_chars=10_000_000,
                seq_len=256),
     "classification": dict(_TFDS, text_key="text", label_key="label", num_classes=2, tokenizer="byte",
-                           vocab_size=32000, spm_max_chars=10_000_000, max_len=4000),
+                           vocab_size=32000, spm_max_chars=10_000_000, max_len=512),
     "char_lm": dict(_TFDS, text_key="text", seq_len=256),
 }
 # Known TFDS datasets: their task and the defaults that differ for them.
@@ -50,7 +50,7 @@ PRESETS = {
                                             train_size=200_000, eval_size=1000, max_len=64,
                                             eval_split="validation", test_split="test")),
     "lm1b": ("lm", dict(eval_split="test", seq_len=256)),
-    "imdb_reviews": ("classification", dict(eval_split="test", tokenizer="byte", max_len=4000)),
+    "imdb_reviews": ("classification", dict(eval_split="test", tokenizer="byte", max_len=4096)),  # LRA Text: 4K bytes
     "tiny_shakespeare": ("char_lm", dict(seq_len=256)),
 }
 # Generated in-process: data.name -> class; the other data keys are its constructor's arguments.

@@ -191,10 +191,16 @@ def train_sentencepiece(texts, vocab_size: int, *, model_type: str = "bpe", max_
         return
 
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=limited(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
-      character_coverage=character_coverage, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-      input_sentence_size=10_000_000, shuffle_input_sentence=True, minloglevel=2, num_threads=os.cpu_count() or 1)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=limited(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        input_sentence_size=10_000_000, shuffle_input_sentence=True, minloglevel=2, num_threads=os.cpu_count() or 1)
+  except RuntimeError as e:
+    if "Vocabulary size too high" in str(e):
+      raise ValueError(f"the corpus is too small for a vocabulary of {vocab_size} pieces ({str(e).split('. ')[-1]}); "
+                       "lower data.vocab_size") from None
+    raise
   return SentencePieceTokenizer(buf.getvalue())
 
 

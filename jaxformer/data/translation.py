@@ -11,7 +11,8 @@ config.data keys:
   max_len            tokens per side (incl. EOS); longer sentences are truncated and counted
   batching           "pack": train.batch_size rows of max_len, several sentence pairs per row with
                      segment ids; "bucket": batches of similar length, ~tokens_per_batch tokens per side
-  tokens_per_batch, bucket_boundaries   for "bucket"
+  tokens_per_batch, bucket_boundaries   for "bucket"; batch_multiple: rows per batch are a multiple of it
+                     (the data-parallel device count, or train.grad_accum)
 
 Model batches: inputs / targets / decoder_inputs (targets shifted right, BOS first), plus
 inputs_segment_ids, inputs_positions, decoder_segment_ids, decoder_positions when packed.
@@ -73,7 +74,7 @@ class TranslationData(TfdsTextData):
       inner = PackedBatches(exs, batch_size, {"inputs": d.max_len, "targets": d.max_len})
     else:
       inner = BucketedBatches(exs, [b for b in d.bucket_boundaries if b < d.max_len] + [d.max_len],
-                              d.tokens_per_batch, seed=self.seed)
+                              d.tokens_per_batch, seed=self.seed, batch_multiple=d.batch_multiple)
     return MappedBatches(inner, self.to_model_batch)
 
   def train_iterator(self, batch_size: int):
