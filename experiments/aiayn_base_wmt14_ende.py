@@ -25,8 +25,8 @@ The recipe, as in the paper (section 5, Table 3):
 Smoke variant (mocked or tiny data): --config.train.steps=20 --config.data.tokens_per_batch=2000
 """
 import ml_collections
-from ml_collections import config_dict
 from _common import base_config
+from ml_collections import config_dict
 
 from jaxformer.nn.config import TransformerConfig
 

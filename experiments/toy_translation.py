@@ -4,9 +4,10 @@
   jaxformer eval  --config experiments/toy_translation.py --workdir runs/toy_translation --split test
 
 Data: 200k generated sentence pairs (`jaxformer.data.toy_translation`: word reordering, gender and
-case agreement, verb-final subordinate clauses, an invented lexicon), written once as a TFDS dataset
-in the workdir and read back with `tfds.data_source` as WMT is; a shared SentencePiece BPE vocabulary
-of 1000 pieces trained on both sides; packed batches of 32 rows x 64 tokens per side.
+case agreement, verb-final subordinate clauses, an invented lexicon of the 221 base words plus 3000
+coined ones drawn with Zipfian frequencies, so many words are rare as in real text), written once as
+a TFDS dataset in the workdir and read back with `tfds.data_source` as WMT is; a shared SentencePiece
+BPE vocabulary of 2000 pieces trained on both sides; packed batches of 32 rows x 64 tokens per side.
 Model and recipe as the paper's base model, smaller: post-LN encoder-decoder, sinusoidal positions,
 shared embeddings, 3+3 layers, width 128, 4 heads, d_ff 512, dropout 0.1, label smoothing 0.1,
 Adam(0.9, 0.98, 1e-9) with the inverse-square-root schedule (warmup 400), the last 5 snapshots
@@ -29,7 +30,8 @@ def get_config():
   c.data.name = "toy_translation"
   c.data.train_size = 200_000
   c.data.eval_size = 1000
-  c.data.vocab_size = 1000
+  c.data.extra_words = 3000
+  c.data.vocab_size = 2000
   c.data.max_len = 64
   c.data.batching = "pack"
   c.train.steps = 1600

@@ -27,6 +27,9 @@ def _train(args, overrides) -> int:
         f"token accuracy {ev['accuracy']:.4f}) after {results['step']} steps, {results['total_s']:.0f} s")
   if "exact_match" in results:
     print(f"greedy-decoding exact match: {results['exact_match']:.4f}")
+  if "bleu" in results:
+    print(f"BLEU {results['bleu']:.2f} on {results['bleu_sentences']} {results['bleu_split']} sentences "
+          f"(beam search; sacreBLEU {results['bleu_signature']})")
   if "sample" in results:
     print("sample:\n" + "-" * 60 + "\n" + results["sample"] + "\n" + "-" * 60)
   print(f"results: {workdir / 'results.json'}   loss curve: {workdir / 'loss.png'}   "

@@ -47,7 +47,7 @@ DEFAULTS = {
 PRESETS = {
     "wmt14_translate/de-en": ("translation", dict(eval_split="validation", test_split="test")),
     "toy_translation": ("translation", dict(source_lang="en", target_lang="toy", vocab_size=1000,
-                                            train_size=200_000, eval_size=1000, max_len=64,
+                                            train_size=200_000, eval_size=1000, extra_words=0, max_len=64,
                                             eval_split="validation", test_split="test")),
     "lm1b": ("lm", dict(eval_split="test", seq_len=256)),
     "imdb_reviews": ("classification", dict(eval_split="test", tokenizer="byte", max_len=4096)),  # LRA Text: 4K bytes

@@ -17,6 +17,7 @@ Examples are dicts of 1-D int32 token arrays (e.g. {"inputs": ..., "targets": ..
 from __future__ import annotations
 
 import logging
+import math
 
 import grain
 import jax
@@ -54,10 +55,10 @@ class _Truncation:
     for k, n in self.lengths.items():
       x = ex[k]
       if len(x) > n:
-        if self.count == 0:
-          log.warning("examples longer than %s are truncated (first: %r has %d tokens); raise data.max_len "
-                      "to keep them whole", self.lengths, k, len(x))
         self.count += 1
+        if math.log10(self.count).is_integer():  # the 1st, 10th, 100th, ...
+          log.warning("%d examples cut to the maximum lengths %s so far (this one: %r had %d tokens); raise "
+                      "data.max_len to keep them whole", self.count, self.lengths, k, len(x))
         x = x[:n]
       out[k] = x
     return out

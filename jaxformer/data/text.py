@@ -8,6 +8,7 @@ TextClassificationData   a TFDS dataset of (text, label) (imdb_reviews byte-leve
 """
 from __future__ import annotations
 
+import json
 import logging
 import sysconfig
 from pathlib import Path
@@ -91,17 +92,6 @@ def tfds_char_corpus(data) -> tuple[str, str]:
   return join(data.train_split), join(data.eval_split)
 
 
-def _text_tokenizer(data, seed: int, cache_dir, source, specials):
-  if data.tokenizer == "byte":
-    return ByteTokenizer(specials)
-  if data.tokenizer == "sentencepiece":
-    texts = lambda: (as_text(ex[data.text_key]) for ex in examples(source, seed=seed, num_epochs=1, shard=(0, 1)))
-    key = f"{data.name}:{data.train_split}:{len(source)}:{data.text_key}:{data.spm_max_chars}:{seed}"
-    return sentencepiece_tokenizer(texts, data.vocab_size, None if cache_dir is None else f"{cache_dir}/vocab",
-                                   key, max_chars=data.spm_max_chars)
-  raise ValueError(f"data.tokenizer must be 'sentencepiece' or 'byte', got {data.tokenizer!r}")
-
-
 class TfdsTextData:
   """Shared by the TFDS text datasets: a source per split (`source_fn(split)`, default TFDS), the
   tokenizer (`make_tokenizer`), endless shuffled training batches and evaluation batches in order.
@@ -114,8 +104,28 @@ class TfdsTextData:
     self.train_source = self.source(data.train_split)
     self.tokenizer = self.make_tokenizer(cache_dir)
 
+  # The settings that decide which text a vocabulary is trained on: its cache key.
+  CORPUS_KEYS = ("name", "task", "data_dir", "train_split", "text_key", "source_lang", "target_lang", "train_size",
+                 "extra_words", "spm_max_chars")
+
+  def corpus_key(self) -> str:
+    fields = {k: v for k, v in sorted(vars(self.data).items()) if k in self.CORPUS_KEYS}
+    return json.dumps([fields, len(self.train_source), self.seed])
+
+  def sentencepiece(self, cache_dir, texts):
+    """A SentencePiece vocabulary trained on `texts()` (shuffled training text), cached in `cache_dir`/vocab
+    under the corpus key."""
+    return sentencepiece_tokenizer(texts, self.data.vocab_size, None if cache_dir is None else f"{cache_dir}/vocab",
+                                   self.corpus_key(), max_chars=self.data.spm_max_chars)
+
   def make_tokenizer(self, cache_dir):
-    return _text_tokenizer(self.data, self.seed, cache_dir, self.train_source, self.specials)
+    d = self.data
+    if d.tokenizer == "byte":
+      return ByteTokenizer(self.specials)
+    if d.tokenizer == "sentencepiece":
+      return self.sentencepiece(cache_dir, lambda: (as_text(ex[d.text_key]) for ex in examples(
+          self.train_source, seed=self.seed, num_epochs=1, shard=(0, 1))))
+    raise ValueError(f"data.tokenizer must be 'sentencepiece' or 'byte', got {d.tokenizer!r}")
 
   @property
   def vocab_size(self) -> int:

@@ -24,7 +24,6 @@ import numpy as np
 from jaxformer.data.pipeline import BucketedBatches, MappedBatches, PackedBatches, examples, shift_right
 from jaxformer.data.sources import as_text
 from jaxformer.data.text import TfdsTextData
-from jaxformer.data.tokenizers import sentencepiece_tokenizer
 
 
 class TranslationData(TfdsTextData):
@@ -51,9 +50,7 @@ class TranslationData(TfdsTextData):
         yield as_text(ex[self.src])
         yield as_text(ex[self.tgt])
 
-    key = f"{d.name}:{d.train_split}:{len(train)}:{'-'.join(sorted((self.src, self.tgt)))}:{d.spm_max_chars}:{self.seed}"
-    return sentencepiece_tokenizer(texts, d.vocab_size, None if cache_dir is None else f"{cache_dir}/vocab", key,
-                                   max_chars=d.spm_max_chars)
+    return self.sentencepiece(cache_dir, texts)
 
   def encode(self, ex) -> dict[str, np.ndarray]:
     enc = lambda key: np.asarray(self.tokenizer.encode(as_text(ex[key])) + [self.eos_id], np.int32)

@@ -173,3 +173,11 @@ def test_restored_iterator_yields_exactly_the_uninterrupted_batches(kind):
     resumed = make()
     resumed.set_state(state)
     _assert_same(_take(resumed, 40 - stop), reference[stop:])
+
+
+def test_truncation_is_counted_in_the_log(caplog):
+  exs = [{"inputs": np.arange(1, 30, dtype=np.int32), "targets": np.arange(1, 5, dtype=np.int32)}] * 12
+  with caplog.at_level("WARNING", "jaxformer.data"):
+    batches = list(PaddedBatches(examples(exs, seed=0, num_epochs=1), 4, {"inputs": 8, "targets": 8}))
+  assert all(np.array_equal(b["inputs"][0], np.arange(1, 9)) for b in batches)
+  assert [r.getMessage().split(" examples")[0] for r in caplog.records] == ["1", "10"]

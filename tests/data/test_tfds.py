@@ -108,7 +108,7 @@ def test_toy_corpus_is_written_once_and_read_back_through_tfds(tmp_path, caplog)
   with caplog.at_level(logging.INFO, "jaxformer.data"):
     ds = build_dataset(cfg, 0, tmp_path)
   assert "writing the toy translation corpus" in caplog.text
-  data_dir = next(tmp_path.glob("tfds/toy-300-20"))
+  data_dir = next(tmp_path.glob("tfds/toy-300-20-0"))
   assert list(data_dir.rglob("*train.array_record*"))
   # the real reader, by name and data_dir, gives the generated pairs
   reader = tfds.data_source("toy_translation", split="validation", data_dir=str(data_dir))
@@ -120,3 +120,9 @@ def test_toy_corpus_is_written_once_and_read_back_through_tfds(tmp_path, caplog)
     again = build_dataset(cfg, 0, tmp_path)
   assert "writing" not in caplog.text and "reusing the SentencePiece vocabulary" in caplog.text
   assert again.tokenizer.to_dict() == ds.tokenizer.to_dict()
+  caplog.clear()
+  with caplog.at_level(logging.INFO, "jaxformer.data"):
+    other = build_dataset(_cfg(name="toy_translation", train_size=300, eval_size=20, vocab_size=200, batching="pack",
+                               extra_words=500), 0, tmp_path)
+  assert "writing" in caplog.text and "training a SentencePiece" in caplog.text  # another corpus, another vocab
+  assert other.texts("validation")[0] != ds.texts("validation")[0]

@@ -1,5 +1,10 @@
 """The toy English -> Toy German pair: determinism, splits, lengths, vocabulary, and each target rule on constructed
-sentences (built from the lexicon tables, so a broken rule fails here rather than only lowering BLEU)."""
+sentences (built from the lexicon tables, so a broken rule fails here rather than only lowering BLEU); the extended
+lexicon (`extra_words`): coined forms, Zipfian word choice, and the default left exactly as it was."""
+import collections
+import hashlib
+import re
+
 import pytest
 
 from jaxformer.data import toy_translation as tt
@@ -13,8 +18,8 @@ ADV = {a.en: a.tg for a in tt.ADVERBS}
 CONJ = {c.en: c.tg for c in tt.CONJUNCTIONS}
 
 
-def tg_words(source: str) -> list[str]:
-  return words(translate(source))
+def tg_words(source: str, extra_words: int = 0) -> list[str]:
+  return words(translate(source, extra_words=extra_words))
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +217,130 @@ def test_splits_are_deterministic_and_disjoint():
   assert 0.85 < names.count("train") / 2000 < 0.95 and names.count("test") > 50 and names.count("validation") > 50
   with pytest.raises(ValueError):
     tt.split("dev", 10)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The extended lexicon (extra_words).
+
+EXTRA = 3000
+
+
+def digest(pairs) -> str:
+  return hashlib.sha256(repr(pairs).encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def ext_pairs():
+  return tt.generate_pairs(20000, seed=0, extra_words=EXTRA)
+
+
+def test_default_output_is_exactly_the_original():
+  # Digests recorded before extra_words existed: the default data set (and so every trained model's data) is unchanged.
+  assert digest(tt.generate_pairs(2000, seed=0)) == digest(tt.generate_pairs(2000, seed=0, extra_words=0))
+  assert digest(tt.generate_pairs(2000, seed=0)) == "2f851c0e16ce40ec"
+  assert digest(tt.generate_pairs(500, seed=7)) == "37d3d9199c43f9f0"
+  assert digest(tt.split("train", 300)) == "10476b0c4e6f8efd"
+  assert digest(tt.split("validation", 100, seed=3)) == "a8ce87150f66e62e"
+  assert digest(tt.split("test", 100, extra_words=0)) == "6e56eb479499cabb"
+  assert tt.generate_pairs(2, seed=0)[1] == ("our happy child wants a lamp.",
+                                             "nures stustaun dreglasu tuzutet ona hubrol.")
+  assert tt.lexicon(0).nouns == tt.NOUNS and tt.lexicon(0).cumulative is None
+
+
+def test_extended_lexicon_sizes_forms_and_morphology():
+  lex = tt.lexicon(EXTRA)
+  assert (len(lex.nouns), len(lex.adjectives), len(lex.verbs)) == (50 + 1800, 20 + 600, 20 + 600)
+  assert (lex.nouns[:50], lex.adjectives[:20], lex.verbs[:20]) == (tt.NOUNS, tt.ADJECTIVES, tt.VERBS)
+  small = tt.lexicon(500)  # coined in a fixed order: a smaller lexicon is a prefix of a larger one
+  assert (small.nouns, small.adjectives, small.verbs) == (lex.nouns[:350], lex.adjectives[:120], lex.verbs[:120])
+  nouns, adjs, verbs = lex.nouns[50:], lex.adjectives[20:], lex.verbs[20:]
+  en = [f for n in nouns for f in (n.sg, n.pl)] + [a.en for a in adjs]
+  en += [f for v in verbs for f in (v.base, v.s3, v.past)]
+  assert len(en) == len(set(en)) == 6000 and not set(en) & set(tt._ALL_WORDS)
+  assert all(re.fullmatch(r"[a-z]*[aeiou][a-z]*", w) and 2 <= len(w) <= 14 for w in en)
+  assert sum(w[0] in "aeiou" for w in en) > 100  # some take "an"
+  tg = [f for n in lex.nouns for f in (n.tg_sg, n.tg_pl)] + [f for a in lex.adjectives for f in a.tg.values()]
+  tg += [f for v in lex.verbs for f in (*v.tg_present.values(), v.tg_participle)]
+  tg += [f for p in tt.PREPOSITIONS for f in (p.tg, p.tg + tt.CONTRACTION_SUFFIX)]
+  tg += [w.tg for w in (*tt.ADVERBS, *tt.CONJUNCTIONS, *tt.NUMERALS)] + [*tt.AUXILIARY.values(), tt.AND]
+  assert len(tg) == len(set(tg)) and not set(tg) & {det_form(d, c, gn) for d in tt.DET_STEM for c in (NOM, ACC, DAT)
+                                                    for gn in ("m", "f", "n", "pl")}
+  # Regular morphology on both sides.
+  assert all(n.pl == n.sg + ("es" if n.sg.endswith(("s", "x", "z", "sh", "ch")) else "s") for n in nouns)
+  assert all(v.s3 == tt.en_plural(v.base) and v.past == v.base + ("d" if v.base.endswith("e") else "ed") for v in verbs)
+  assert all(n.tg_pl == n.tg_sg + tt.PLURAL_SUFFIX[n.gender] for n in nouns)
+  assert min(collections.Counter(n.gender for n in nouns).values()) > 500
+  # Pins the coining (hash, syllable tables, order): coined words never depend on a run.
+  assert (nouns[0].sg, nouns[0].gender, nouns[0].tg_sg, adjs[0].en, verbs[0].past) == (
+    "floaskle", "f", "grubit", "prouvle", "poagished")
+  with pytest.raises(ValueError):
+    tt.lexicon(-1)
+
+
+def test_extended_generation_is_deterministic(ext_pairs):
+  assert tt.generate_pairs(300, seed=0, extra_words=EXTRA) == ext_pairs[:300]
+  assert tt.generate_pairs(300, seed=1, extra_words=EXTRA) != ext_pairs[:300]
+  test = tt.split("test", 200, extra_words=EXTRA)
+  assert tt.split("test", 200, extra_words=EXTRA) == test and all(tt.split_of(s) == "test" for s, _ in test)
+
+
+def test_extended_data_keeps_the_grammar_and_translates(ext_pairs):
+  lengths = [len(words(s)) - 1 for s, _ in ext_pairs]
+  assert min(lengths) == tt.MIN_WORDS and max(lengths) == tt.MAX_WORDS and 9 < sum(lengths) / len(lengths) < 14
+  assert [translate(s, extra_words=EXTRA) for s, _ in ext_pairs[:5000]] == [t for _, t in ext_pairs[:5000]]
+  # The base lexicon is part of every extended one: old sentences translate the same.
+  assert translate("the old dog saw two cats near the house yesterday.", extra_words=EXTRA) == translate(
+    "the old dog saw two cats near the house yesterday.")
+  source = next(s for s, _ in ext_pairs if not set(words(s)) <= set(tt._ALL_WORDS))
+  with pytest.raises(ValueError):
+    translate(source)  # coined words are unknown to the default lexicon
+
+
+def test_extended_words_follow_the_target_rules():
+  lex = tt.lexicon(EXTRA)
+  noun = next(n for n in lex.nouns[50:] if n.gender == "m")
+  vowel_noun = next(n for n in lex.nouns[50:] if n.sg[0] in "aeiou")
+  adj, verb = lex.adjectives[-1], lex.verbs[-1]
+  out = tg_words(f"the {adj.en} {noun.sg} {verb.past} {vowel_noun.pl} near the {noun.sg}.", extra_words=EXTRA)
+  assert out == ["der", noun.tg_sg, adj.tg["m"], "esa", vowel_noun.tg_pl, PREP["near"].tg + "m", noun.tg_sg,
+                 verb.tg_participle, "."]
+  out = tg_words(f"an {vowel_noun.sg} {verb.s3} the cat because {noun.pl} {verb.base} the cat.", extra_words=EXTRA)
+  assert out[:3] == [det_form("a", NOM, vowel_noun.gender), vowel_noun.tg_sg, verb.tg_present[False]]
+  assert out[-3:] == ["gluplum", verb.tg_present[True], "."]
+  with pytest.raises(ValueError):
+    translate(f"a {vowel_noun.sg} {verb.s3} the cat.", extra_words=EXTRA)  # a/an agrees with coined words too
+
+
+def test_word_choice_is_zipfian(ext_pairs):
+  # Within a class the i-th entry has probability proportional to 1 / (i + 1) (base entries first).
+  lex = tt.lexicon(EXTRA)
+  tokens = [w for s, _ in ext_pairs for w in words(s)]
+  noun_counts = collections.Counter(lex.noun_words[w][0] for w in tokens if w in lex.noun_words)
+  verb_counts = collections.Counter(lex.verb_words[w][0] for w in tokens if w in lex.verb_words)
+  total = sum(noun_counts.values())
+  assert noun_counts.most_common(1)[0][0] == 0 and verb_counts.most_common(1)[0][0] == 0
+  harmonic = sum(1 / (i + 1) for i in range(len(lex.nouns)))
+  assert noun_counts[0] / total == pytest.approx(1 / harmonic, rel=0.05)
+  expected = 1 / (sum(1 / (i + 1) for i in range(90, 110)) / 20)  # the 1st noun vs the 91st..110th
+  assert noun_counts[0] / (sum(noun_counts[i] for i in range(90, 110)) / 20) == pytest.approx(expected, rel=0.2)
+  assert sum(noun_counts[i] for i in range(50)) / total == pytest.approx(
+    sum(1 / (i + 1) for i in range(50)) / harmonic, rel=0.05)  # the base nouns keep about half the mass
+  # Most words are rare: in ~70k noun tokens the median coined noun is seen about 9 times, the 1st about 8500.
+  assert sorted(noun_counts[i] for i in range(50, len(lex.nouns)))[900] < 15 and noun_counts[0] > 5000
+
+
+def test_vocabulary_grows_with_the_lexicon(ext_pairs):
+  lex = tt.lexicon(EXTRA)
+  src_vocab = {*tt._ALL_WORDS, *lex.noun_words, *lex.adj_words, *lex.verb_words, "."}
+  tgt_vocab = {det_form(d, c, gn) for d in tt.DET_STEM for c in (NOM, ACC, DAT) for gn in ("m", "f", "n", "pl")
+               if not (d == "a" and gn == "pl")}
+  tgt_vocab |= {f for n in lex.nouns for f in (n.tg_sg, n.tg_pl)} | {f for a in lex.adjectives for f in a.tg.values()}
+  tgt_vocab |= {f for v in lex.verbs for f in (*v.tg_present.values(), v.tg_participle)}
+  tgt_vocab |= {p.tg for p in tt.PREPOSITIONS} | {p.tg + "m" for p in tt.PREPOSITIONS if p.contracts}
+  tgt_vocab |= {w.tg for w in (*tt.ADVERBS, *tt.CONJUNCTIONS, *tt.NUMERALS)}
+  tgt_vocab |= {*tt.AUXILIARY.values(), tt.AND, ",", "."}
+  assert (len(src_vocab), len(tgt_vocab)) == (221 + 6000, 353 + 7800)
+  seen_src = {w for s, _ in ext_pairs for w in words(s)}
+  seen_tgt = {w for _, t in ext_pairs for w in words(t)}
+  assert seen_src <= src_vocab and seen_tgt <= tgt_vocab
+  assert len(seen_src) > 0.9 * len(src_vocab) and len(seen_tgt) > 0.9 * len(tgt_vocab)

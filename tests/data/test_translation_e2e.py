@@ -7,9 +7,11 @@ import pytest
 
 from jaxformer.cli import main
 
-SHORT = ["--config.data.train_size=20000", "--config.data.eval_size=200", "--config.train.steps=300",
-         "--config.train.eval_every=0", "--config.train.average_every=25", "--config.eval.bleu_examples=200"]
-SHORT_BLEU = 20.0  # measured: see README "Toy translation"
+# The experiment shortened for CI (~100 s): the base lexicon only (no rare coined words), 20k pairs, 300 steps.
+SHORT = ["--config.data.train_size=20000", "--config.data.eval_size=200", "--config.data.extra_words=0",
+         "--config.data.vocab_size=1000", "--config.train.steps=300", "--config.train.eval_every=0",
+         "--config.train.average_every=25", "--config.eval.bleu_examples=200"]
+SHORT_BLEU = 45.0  # measured 55.8 (validation, 200 sentences); README "Toy translation"
 
 
 def test_toy_translation_trains_and_evaluates_with_bleu(tmp_path, capsys):
@@ -26,7 +28,7 @@ def test_toy_translation_trains_and_evaluates_with_bleu(tmp_path, capsys):
   assert "BLEU" in out and "nrefs:1|case:mixed|eff:no|tok:13a" in out
   test = json.loads((work / "eval_test.json").read_text())
   assert test["bleu_sentences"] == 200 and test["bleu"] >= SHORT_BLEU
-  assert test["eval"]["accuracy"] > 0.8
+  assert test["eval"]["accuracy"] > 0.7  # measured 0.84 on validation
 
 
 def test_eval_errors_are_one_clear_line(tmp_path, capsys):
@@ -39,11 +41,11 @@ def test_eval_errors_are_one_clear_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_toy_translation_reaches_the_stated_bleu(tmp_path):
-  """The experiment as configured (~8 minutes on 2 cores)."""
+  """The experiment as configured (~8.5 minutes on 2 cores)."""
   work = tmp_path / "run"
   assert main(["train", "--config", "toy_translation", "--workdir", str(work), "--no-progress"]) == 0
   results = json.loads((work / "results.json").read_text())
   assert results["bleu"] >= FULL_BLEU, results["examples"]
 
 
-FULL_BLEU = 80.0  # measured: see README "Toy translation"
+FULL_BLEU = 60.0  # measured 67.9 (validation, 1000 sentences); README "Toy translation"
