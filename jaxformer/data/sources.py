@@ -5,8 +5,8 @@ A TFDS dataset must be prepared once, in the array_record format, before trainin
 
   jaxformer prepare wmt14_translate/de-en [--data-dir DIR]
 
-(downloads and converts; needs network; some builders also need TensorFlow to prepare:
-`pip install tensorflow-cpu`). The data directory is `data.data_dir`, else $TFDS_DATA_DIR, else
+(downloads and converts; needs network; some builders, e.g. lm1b and tiny_shakespeare, also need
+TensorFlow to prepare: `pip install 'jaxformer[tf]'`; reading never does). The data directory is `data.data_dir`, else $TFDS_DATA_DIR, else
 ~/tensorflow_datasets. A missing or unusable dataset is a `DatasetMissingError` that says this.
 """
 from __future__ import annotations
@@ -73,8 +73,12 @@ def prepare(name: str, data_dir: str | None = None) -> Path:
   try:
     builder.download_and_prepare(file_format="array_record")
   except ModuleNotFoundError as e:
-    raise ModuleNotFoundError(f"preparing {name!r} needs the package {e.name!r}: pip install {e.name} "
-                              "(TensorFlow itself: pip install tensorflow-cpu)") from e
+    if (e.name or "").startswith("tensorflow") or "tensorflow" in str(e):
+      raise ModuleNotFoundError(f"preparing {name!r} needs TensorFlow (its TFDS builder uses tf.io); install the "
+                                "extra: pip install 'jaxformer[tf]' (tensorflow-cpu). Reading it afterwards does not "
+                                "need TensorFlow.", name="tensorflow") from e
+    raise ModuleNotFoundError(f"preparing {name!r} needs the package {e.name!r}: pip install {e.name}",
+                              name=e.name) from e
   except OSError as e:
     raise DatasetMissingError(f"could not download {name!r} ({e}); preparing needs network access. On an "
                               f"offline machine, prepare it elsewhere and copy {builder.data_dir}") from e

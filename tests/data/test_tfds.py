@@ -126,3 +126,26 @@ def test_toy_corpus_is_written_once_and_read_back_through_tfds(tmp_path, caplog)
                                extra_words=500), 0, tmp_path)
   assert "writing" in caplog.text and "training a SentencePiece" in caplog.text  # another corpus, another vocab
   assert other.texts("validation")[0] != ds.texts("validation")[0]
+
+
+def test_prepare_without_tensorflow_names_the_extra(monkeypatch, tmp_path):
+  from jaxformer.data import sources
+
+  def no_tf(self, **kw):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_tf)
+  with pytest.raises(ModuleNotFoundError, match=r"jaxformer\[tf\]"):
+    sources.prepare("tiny_shakespeare", str(tmp_path))
+
+
+def test_prepare_command_reports_errors_in_one_line(monkeypatch, tmp_path, capsys):
+  from jaxformer.cli import main
+
+  def offline(self, **kw):
+    raise ConnectionError("Failed to establish a new connection")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+  assert main(["prepare", "imdb_reviews", "--data-dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "needs network access" in err and "copy" in err
