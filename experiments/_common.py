@@ -19,4 +19,7 @@ def base_config(model: TransformerConfig, model_kind: str) -> ml_collections.Con
       name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
       b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, clip_norm=1.0, label_smoothing=0.0))
   c.sample = ml_collections.ConfigDict(dict(prompt="def ", num_tokens=300, temperature=0.8, top_k=0))
+  # Translation: beam search and BLEU (the paper's decoding; bleu_examples 0 = the whole split).
+  c.eval = ml_collections.ConfigDict(dict(num_beams=4, length_penalty=0.6, max_extra_len=50, bleu_examples=0,
+                                          batch_size=64))
   return c

@@ -48,8 +48,7 @@ def get_config():
   c.data.batching = "bucket"
   c.data.tokens_per_batch = 25_000
   c.data.batch_multiple = 8
-  c.data.eval_split = "validation"  # newstest2013
-  c.data.test_split = "test"  # newstest2014
+  c.data.eval_split = "validation"  # newstest2013 (split "test" is newstest2014)
   c.train.steps = 100_000
   c.train.log_every = 100
   c.train.eval_every = 5000
@@ -67,6 +66,4 @@ def get_config():
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 0.0
   c.optim.label_smoothing = 0.1
-  c.eval = ml_collections.ConfigDict(dict(num_beams=4, length_penalty=0.6, max_extra_len=50, bleu_examples=0,
-                                          batch_size=64))
   return c

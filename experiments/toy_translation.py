@@ -16,7 +16,6 @@ Hardware/time: 2 CPU cores, <= 10 minutes in all (data + training + BLEU).
 Expected: sacreBLEU ~ (see README "Toy translation"); a test pins a shortened run.
 Smoke variant: --config.train.steps=50 --config.data.train_size=5000 --config.eval.bleu_examples=64
 """
-import ml_collections
 from _common import base_config
 
 from jaxformer.nn.config import TransformerConfig
@@ -51,6 +50,4 @@ def get_config():
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 0.0
   c.optim.label_smoothing = 0.1
-  c.eval = ml_collections.ConfigDict(dict(num_beams=4, length_penalty=0.6, max_extra_len=50, bleu_examples=0,
-                                          batch_size=64))
   return c

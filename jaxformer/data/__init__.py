@@ -34,9 +34,10 @@ from jaxformer.data.translation import TranslationData
 _TFDS = dict(data_dir=None, train_split="train", eval_split="validation")
 # Every key a TFDS-backed data config may have, with its default: a key not listed here is an error.
 DEFAULTS = {
-    "translation": dict(_TFDS, test_split="test", source_lang="en", target_lang="de", vocab_size=32000,
+    "translation": dict(_TFDS, source_lang="en", target_lang="de", vocab_size=32000,
                         spm_max_chars=10_000_000, max_len=256, batching="bucket", tokens_per_batch=25_000,
-                        bucket_boundaries=(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), batch_multiple=1),
+                        bucket_boundaries=(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), bucket_window=50_000,
+                        batch_multiple=1),
     "lm": dict(_TFDS, text_key="text", tokenizer="sentencepiece", vocab_size=32000, spm_max_chars=10_000_000,
                seq_len=256),
     "classification": dict(_TFDS, text_key="text", label_key="label", num_classes=2, tokenizer="byte",
@@ -45,10 +46,10 @@ DEFAULTS = {
 }
 # Known TFDS datasets: their task and the defaults that differ for them.
 PRESETS = {
-    "wmt14_translate/de-en": ("translation", dict(eval_split="validation", test_split="test")),
+    "wmt14_translate/de-en": ("translation", dict(eval_split="validation")),  # newstest2013; "test": newstest2014
     "toy_translation": ("translation", dict(source_lang="en", target_lang="toy", vocab_size=1000,
                                             train_size=200_000, eval_size=1000, extra_words=0, max_len=64,
-                                            eval_split="validation", test_split="test")),
+                                            eval_split="validation")),
     "lm1b": ("lm", dict(eval_split="test", seq_len=256)),
     "imdb_reviews": ("classification", dict(eval_split="test", tokenizer="byte", max_len=4096)),  # LRA Text: 4K bytes
     "tiny_shakespeare": ("char_lm", dict(seq_len=256)),
@@ -74,9 +75,10 @@ def resolve(data_config) -> tuple[str, SimpleNamespace]:
   return task, SimpleNamespace(**{**allowed, **given})
 
 
-def build_dataset(data_config, seed: int, cache_dir=None):
+def build_dataset(data_config, seed: int, cache_dir=None, tokenizer=None):
   """data_config: the experiment's `config.data` (name plus that dataset's settings). `cache_dir`
-  (the workdir) keeps what is expensive to rebuild: SentencePiece vocabularies, generated datasets."""
+  (the workdir) keeps what is expensive to rebuild: SentencePiece vocabularies, generated datasets.
+  `tokenizer`: use this one (a finished run's) instead of building or training one (TFDS datasets)."""
   name = data_config.name
   if name == "stdlib_chars":
     return CharLMData(stdlib_corpus(data_config.max_chars), data_config.seq_len, seed)
@@ -97,14 +99,14 @@ def build_dataset(data_config, seed: int, cache_dir=None):
     train, val = tfds_char_corpus(data)
     return CharLMData(train, data.seq_len, seed, val_text=val)
   if task == "lm":
-    return PackedLMData(data, seed, cache_dir)
+    return PackedLMData(data, seed, cache_dir, tokenizer=tokenizer)
   if task == "classification":
-    return TextClassificationData(data, seed, cache_dir)
+    return TextClassificationData(data, seed, cache_dir, tokenizer=tokenizer)
   source_fn = None
   if name == "toy_translation":
     from jaxformer.data.sources import toy_source
     source_fn = toy_source(data, cache_dir)
-  return TranslationData(data, seed, cache_dir, source_fn)
+  return TranslationData(data, seed, cache_dir, source_fn, tokenizer=tokenizer)
 
 
 __all__ = ["build_dataset", "resolve", "DEFAULTS", "PRESETS", "CharLMData", "PackedLMData", "TextClassificationData",

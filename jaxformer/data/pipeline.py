@@ -97,22 +97,27 @@ class _ReadAhead:
 
 
 class _Truncation:
-  """Counts examples cut to the maximum length, and says so (once) instead of hiding it."""
+  """Cuts features to their maximum length and counts it in the log (the 1st, 10th, 100th, ...)
+  instead of hiding it. keep_last: keep the final token (EOS) after the cut."""
 
-  def __init__(self, lengths: dict[str, int]):
-    self.lengths, self.count = lengths, 0
+  def __init__(self, lengths: dict[str, int], keep_last: bool = False):
+    self.lengths, self.keep_last, self.count, self.last_index = lengths, keep_last, 0, -1
 
-  def __call__(self, ex: dict) -> dict:
-    out = {}
+  def __call__(self, ex: dict, index: int | None = None) -> dict:
+    out, cut = {}, False
     for k, n in self.lengths.items():
       x = ex[k]
       if len(x) > n:
-        self.count += 1
-        if math.log10(self.count).is_integer():  # the 1st, 10th, 100th, ...
-          log.warning("%d examples cut to the maximum lengths %s so far (this one: %r had %d tokens); raise "
-                      "data.max_len to keep them whole", self.count, self.lengths, k, len(x))
-        x = x[:n]
+        cut = True
+        x = np.concatenate([x[:n - 1], x[-1:]]) if self.keep_last else x[:n]
       out[k] = x
+    if cut and (index is None or index > self.last_index):  # an example re-read for the next batch counts once
+      self.count += 1
+      if math.log10(self.count).is_integer():
+        log.warning("%d examples cut to the maximum lengths %s so far; raise data.max_len to keep them whole",
+                    self.count, self.lengths)
+    if index is not None:
+      self.last_index = max(self.last_index, index)
     return out
 
 
@@ -126,10 +131,10 @@ class PackedBatches:
   (counted and logged). A finite example stream ends with one partly filled batch.
   """
 
-  def __init__(self, examples, batch_size: int, lengths: dict[str, int]):
+  def __init__(self, examples, batch_size: int, lengths: dict[str, int], keep_last: bool = False):
     self.examples, self.batch_size, self.lengths = _ReadAhead(examples), batch_size, dict(lengths)
     self.index = 0
-    self.truncate = _Truncation(self.lengths)
+    self.truncate = _Truncation(self.lengths, keep_last)
 
   def get_state(self) -> dict:
     return {"index": self.index}
@@ -141,7 +146,7 @@ class PackedBatches:
     return self
 
   def _get(self, i):
-    return self.truncate(self.examples[i]) if i < len(self.examples) else None
+    return self.truncate(self.examples[i], i) if i < len(self.examples) else None
 
   def __next__(self) -> dict[str, np.ndarray]:
     b = self.batch_size
@@ -179,19 +184,20 @@ class BucketedBatches:
 
   Reads `window` examples at a time, puts each in the smallest bucket boundary that holds its longest
   feature, and cuts every bucket into batches of `max(1, tokens_per_batch // boundary)` rows (rounded
-  down to a multiple of `batch_multiple`, e.g. the data-parallel device count), padded to the boundary.
+  down to a multiple of `batch_multiple`, e.g. the data-parallel device count), padded to the boundary;
+  `tokens_per_batch` counts token slots, padding included.
   A bucket's last batch in a window is filled up with empty rows (all padding), so every bucket has one
   fixed shape: one compilation per bucket. The window's batches come in a seeded random order.
   Examples longer than the largest boundary are truncated (counted and logged).
   """
 
   def __init__(self, examples, boundaries, tokens_per_batch: int, *, features=("inputs", "targets"),
-               window: int = 10_000, seed: int = 0, batch_multiple: int = 1):
+               window: int = 10_000, seed: int = 0, batch_multiple: int = 1, keep_last: bool = False):
     self.examples, self.boundaries = examples, sorted(int(b) for b in boundaries)
     self.features, self.window, self.seed = tuple(features), window, seed
     self.sizes = [max(batch_multiple, (tokens_per_batch // n) // batch_multiple * batch_multiple)
                   for n in self.boundaries]
-    self.truncate = _Truncation({k: self.boundaries[-1] for k in self.features})
+    self.truncate = _Truncation({k: self.boundaries[-1] for k in self.features}, keep_last)
     self.start, self.position, self._batches = 0, 0, None
 
   def get_state(self) -> dict:
@@ -205,7 +211,7 @@ class BucketedBatches:
 
   def _window_batches(self) -> list[dict[str, np.ndarray]]:
     end = min(self.start + self.window, len(self.examples))
-    exs = [self.truncate(ex) for ex in self.examples.getitems(range(self.start, end))] if self.start < end else []
+    exs = [self.truncate(ex, self.start + i) for i, ex in enumerate(self.examples.getitems(range(self.start, end)))]
     buckets: dict[int, list[dict]] = {}
     for ex in exs:
       longest = max(len(ex[k]) for k in self.features)
@@ -318,7 +324,7 @@ class PaddedBatches:
     rows = []
     while len(rows) < self.batch_size and self.index < len(self.examples):
       ex = self.examples[self.index]
-      rows.append(ex | self.truncate(ex))
+      rows.append(ex | self.truncate(ex, self.index))
       self.index += 1
     if not rows:
       raise StopIteration

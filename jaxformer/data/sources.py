@@ -67,6 +67,11 @@ def prepare(name: str, data_dir: str | None = None) -> Path:
   _register(name)
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
+    if builder.info.file_format.value != "array_record":
+      raise DatasetMissingError(
+          f"{name!r} is prepared at {builder.data_dir} as {builder.info.file_format.value}, which cannot be read "
+          f"without TensorFlow; prepare it into another --data-dir, or convert it in place with "
+          f"`tfds convert_format --dataset_dir {builder.data_dir} --out_file_format array_record` (needs TensorFlow)")
     log.info("%s is already prepared at %s", name, builder.data_dir)
     return Path(builder.data_dir)
   log.info("preparing %s into %s (array_record); this downloads the raw data", name, builder.data_dir)

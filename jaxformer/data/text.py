@@ -98,11 +98,20 @@ class TfdsTextData:
   Subclasses define `encode(example) -> token arrays` and `_batches(examples, batch_size)`."""
   specials = (PAD, BOS, EOS)
 
-  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None, tokenizer=None):
     self.data, self.seed = data, seed
     self.source = source_fn or (lambda split: tfds_source(data.name, split, data.data_dir))
     self.train_source = self.source(data.train_split)
-    self.tokenizer = self.make_tokenizer(cache_dir)
+    first = self.train_source[0] if len(self.train_source) else {}
+    missing = [k for k in self.features() if k not in first]
+    if missing:
+      raise ValueError(f"{data.name} examples have the features {sorted(first)}, not {missing}; set the data "
+                       "config's feature keys (text_key, label_key, source_lang, target_lang) to some of them")
+    self.tokenizer = tokenizer or self.make_tokenizer(cache_dir)
+
+  def features(self) -> tuple[str, ...]:
+    """The feature keys every example must have."""
+    return (self.data.text_key,)
 
   # The settings that decide which text a vocabulary is trained on: its cache key.
   CORPUS_KEYS = ("name", "task", "data_dir", "train_split", "text_key", "source_lang", "target_lang", "train_size",
@@ -153,8 +162,8 @@ class PackedLMData(TfdsTextData):
   so no token attends to another document."""
   kind = "lm"
 
-  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
-    super().__init__(data, seed, cache_dir, source_fn)
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None, tokenizer=None):
+    super().__init__(data, seed, cache_dir, source_fn, tokenizer)
     self.seq_len = data.seq_len
 
   def encode(self, ex) -> dict[str, np.ndarray]:
@@ -167,7 +176,8 @@ class PackedLMData(TfdsTextData):
             "segment_ids": seg, "positions": batch["targets_positions"]}
 
   def _batches(self, exs, batch_size: int):
-    return MappedBatches(PackedBatches(exs, batch_size, {"targets": self.seq_len}), self.to_model_batch)
+    return MappedBatches(PackedBatches(exs, batch_size, {"targets": self.seq_len}, keep_last=True),
+                         self.to_model_batch)
 
 
 class TextClassificationData(TfdsTextData):
@@ -176,9 +186,12 @@ class TextClassificationData(TfdsTextData):
   kind = "classification"
   specials = (PAD,)
 
-  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None):
-    super().__init__(data, seed, cache_dir, source_fn)
+  def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None, tokenizer=None):
+    super().__init__(data, seed, cache_dir, source_fn, tokenizer)
     self.num_classes = data.num_classes
+
+  def features(self) -> tuple[str, ...]:
+    return (self.data.text_key, self.data.label_key)
 
   def encode(self, ex) -> dict[str, np.ndarray]:
     label = int(ex[self.data.label_key])

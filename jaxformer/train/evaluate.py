@@ -50,8 +50,10 @@ def exact_match(model, params, ds, batches) -> float:
 def translate(model, params, tokenizer, sources: list[str], *, num_beams: int = 4, length_penalty: float = 0.6,
               max_extra_len: int = 50, max_input_len: int = 256, batch_size: int = 64) -> list[str]:
   """Beam-search translations of `sources` (the paper: beam 4, length penalty 0.6, output length at
-  most input length + 50), detokenized. Sources are sorted by length and padded to multiples of 16
-  so similar lengths share one compiled shape."""
+  most input length + 50, applied per sentence after a search whose limit is the batch's padded
+  width + 50), detokenized. Sources are sorted by length and padded to multiples of 16 so similar
+  lengths share one compiled shape. The length penalty is HF's len^alpha (the paper's GNMT penalty
+  ((5+len)/6)^alpha ranks hypotheses slightly differently)."""
   ids = [tokenizer.encode(s)[:max_input_len - 1] + [tokenizer.eos_id] for s in sources]
   order = np.argsort([len(x) for x in ids], kind="stable")
   out: list[str | None] = [None] * len(ids)
@@ -67,7 +69,7 @@ def translate(model, params, tokenizer, sources: list[str], *, num_beams: int = 
                               decoder_start_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=0)
     seqs = np.asarray(generate(model, params, inputs, config).sequences)[:, 1:]
     for row, i in enumerate(chunk):
-      toks = seqs[row].tolist()
+      toks = seqs[row].tolist()[:len(ids[i]) + max_extra_len]  # each sentence's own limit
       if tokenizer.eos_id in toks:
         toks = toks[:toks.index(tokenizer.eos_id)]
       out[i] = tokenizer.decode(toks)
@@ -105,16 +107,19 @@ def evaluate_run(config, workdir, split: str | None = None) -> dict:
 
   workdir = Path(workdir)
   model, params, tokenizer = load_run(workdir)
-  ds = build_dataset(config.data, config.seed, cache_dir=workdir)
+  ds = build_dataset(config.data, config.seed, cache_dir=workdir, tokenizer=tokenizer)
   if ds.tokenizer.to_dict() != tokenizer.to_dict():
     raise ValueError(f"the run in {workdir} was trained with another tokenizer than the config's data gives; "
                      "evaluate with the config it was trained with")
-  split = split or getattr(getattr(ds, "data", None), "eval_split", None) or "validation"
+  has_splits = hasattr(ds, "source")  # TFDS datasets; generated tasks and text corpora have one held-out set
+  if split and not has_splits:
+    raise ValueError(f"data.name={config.data.name!r} has no named splits (one held-out set); drop --split")
+  split = split or (ds.data.eval_split if has_splits else "validation")
   model_kind = {"lm": "decoder_only", "seq2seq": "encoder_decoder", "classification": "encoder_classifier"}[ds.kind]
   eval_step = jax.jit(make_eval_step(model, model_kind))
   tc = config.train
-  batches = (ds.eval_batches(tc.eval_batches, tc.eval_batch_size, split=split) if hasattr(ds, "source")
-             else ds.eval_batches(tc.eval_batches, tc.eval_batch_size))  # generated tasks: one held-out set
+  batches = (ds.eval_batches(tc.eval_batches, tc.eval_batch_size, split=split) if has_splits
+             else ds.eval_batches(tc.eval_batches, tc.eval_batch_size))
   results = {"split": split, "eval": evaluate(eval_step, params, batches)}
   if ds.kind == "seq2seq" and hasattr(ds, "texts"):
     results |= translation_bleu(model, params, ds, config.eval, split)

@@ -110,7 +110,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
   pending, window_start, compile_s = [], time.time(), None
-  average = ParamAverage(tc.average_last, tc.average_every)
+  average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
   bar = tqdm(range(tc.steps), desc="train", disable=not progress, dynamic_ncols=True)
   for step in bar:
     state, metrics = train_step(state, next(batches))
@@ -144,6 +144,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     results["averaged_checkpoints"] = average.count
     log.info("final parameters: the average of the last %d snapshots (every %d steps)", average.count,
              tc.average_every)
+  save_run(workdir, config.model_kind, cfg, params, ds.tokenizer)  # first: a failing evaluation loses nothing
   results["eval"] = evaluate(eval_step, params, eval_set)
   if ds.kind == "seq2seq" and hasattr(ds, "texts"):
     results |= translation_bleu(model, params, ds, config.eval, ds.data.eval_split)
@@ -151,7 +152,6 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     results["exact_match"] = exact_match(model, params, ds, ds.eval_batches(tc.eval_batches, tc.eval_batch_size))
   elif ds.kind == "lm" and "sample" in config:
     results["sample"] = sample_text(model, params, ds.tokenizer, config.sample, config.seed, context=ds.seq_len)
-  save_run(workdir, config.model_kind, cfg, params, ds.tokenizer)
   (workdir / "data_state.json").write_text(json.dumps(batches.get_state()))
   if (workdir / "metrics.jsonl").exists():
     plot_loss_curves(workdir)
@@ -161,24 +161,26 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
 
 
 class ParamAverage:
-  """The paper's checkpoint averaging: keep the last `last` parameter snapshots taken every `every`
-  steps (on the host) and average them at the end. Off when `last` <= 1."""
+  """The paper's checkpoint averaging: the mean of the last `last` parameter snapshots, taken every
+  `every` steps counting back from the final step (so the final parameters are always included).
+  Keeps one running sum on the host, not the snapshots. Off when `last` <= 1."""
 
-  def __init__(self, last: int, every: int):
+  def __init__(self, last: int, every: int, total_steps: int):
     if last > 1 and every <= 0:
       raise ValueError(f"train.average_last={last} needs train.average_every > 0 (steps between snapshots)")
-    self.last, self.every, self.snapshots = last, every, []
-
-  @property
-  def count(self) -> int:
-    return len(self.snapshots)
+    self.last, self.every, self.total = last, every, total_steps
+    self.count, self.sum = 0, None
 
   def maybe_add(self, step: int, params) -> None:
-    if self.last > 1 and step % self.every == 0:
-      self.snapshots = [*self.snapshots[-(self.last - 1):], jax.device_get(params)]
+    """Call after every step with the number of steps done."""
+    if self.last <= 1 or (self.total - step) % self.every or self.total - step >= self.last * self.every:
+      return
+    host = jax.device_get(params)
+    self.sum = host if self.sum is None else jax.tree.map(np.add, self.sum, host)
+    self.count += 1
 
   def result(self):
-    return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0).astype(xs[0].dtype), *self.snapshots)
+    return jax.device_put(jax.tree.map(lambda x: (x / self.count).astype(x.dtype), self.sum))
 
 
 def _hardware() -> str:

@@ -71,7 +71,8 @@ def forward(model, model_kind: str, params, batch: dict, *, deterministic: bool 
 def _split_micro(batch: dict, n: int) -> dict:
   def split(x):
     if x.shape[0] % n:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by train.grad_accum={n}")
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by train.grad_accum={n} (length-bucketed "
+                       f"batches: set data.batch_multiple to a multiple of {n})")
     return x.reshape(n, x.shape[0] // n, *x.shape[1:])
   return jax.tree.map(split, batch)
 

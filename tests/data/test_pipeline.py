@@ -181,3 +181,16 @@ def test_truncation_is_counted_in_the_log(caplog):
     batches = list(PaddedBatches(examples(exs, seed=0, num_epochs=1), 4, {"inputs": 8, "targets": 8}))
   assert all(np.array_equal(b["inputs"][0], np.arange(1, 9)) for b in batches)
   assert [r.getMessage().split(" examples")[0] for r in caplog.records] == ["1", "10"]
+
+
+def test_cut_sentences_keep_their_eos_and_are_counted_once(caplog):
+  eos = 3
+  exs = [{"inputs": np.r_[np.arange(10, 30), eos].astype(np.int32), "targets": np.r_[5, 6, eos].astype(np.int32)}
+         for _ in range(10)]
+  with caplog.at_level("WARNING", "jaxformer.data"):
+    batches = list(PackedBatches(examples(exs, seed=0, num_epochs=1), 1, {"inputs": 8, "targets": 8},
+                                 keep_last=True))
+  assert len(batches) == 10  # one cut example per row; each re-read once when it did not fit
+  for b in batches:
+    assert b["inputs"][0].tolist() == [10, 11, 12, 13, 14, 15, 16, eos]
+  assert [r.getMessage().split(" examples")[0] for r in caplog.records] == ["1", "10"]
