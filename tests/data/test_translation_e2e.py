@@ -41,7 +41,7 @@ def test_eval_errors_are_one_clear_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_toy_translation_reaches_the_stated_bleu(tmp_path):
-  """The experiment as configured (~8.5 minutes on 2 cores)."""
+  """The experiment as configured (~7.5 minutes on 2 cores)."""
   work = tmp_path / "run"
   assert main(["train", "--config", "toy_translation", "--workdir", str(work), "--no-progress"]) == 0
   results = json.loads((work / "results.json").read_text())
