@@ -23,3 +23,10 @@ def base_config(model: TransformerConfig, model_kind: str) -> ml_collections.Con
   c.eval = ml_collections.ConfigDict(dict(num_beams=4, length_penalty=0.6, max_extra_len=50, bleu_examples=0,
                                           batch_size=64))
   return c
+
+
+def aiayn_optim(c: ml_collections.ConfigDict, warmup_steps: int) -> None:
+  """Attention Is All You Need, section 5.3-5.4: Adam(0.9, 0.98, 1e-9), lr = d^-0.5 min(step^-0.5,
+  step warmup^-1.5) (optim.lr is a multiplier of it), no weight decay or clipping, label smoothing 0.1."""
+  c.optim.update(dict(name="adam", schedule="rsqrt", lr=1.0, warmup_steps=warmup_steps, b1=0.9, b2=0.98, eps=1e-9,
+                      weight_decay=0.0, clip_norm=0.0, label_smoothing=0.1))

@@ -25,7 +25,7 @@ The recipe, as in the paper (section 5, Table 3):
 Smoke variant (mocked or tiny data): --config.train.steps=20 --config.data.tokens_per_batch=2000
 """
 import ml_collections
-from _common import base_config
+from _common import aiayn_optim, base_config
 from ml_collections import config_dict
 
 from jaxformer.nn.config import TransformerConfig
@@ -56,14 +56,5 @@ def get_config():
   c.train.eval_batch_size = 128
   c.train.average_last = 5
   c.train.average_every = 1500
-  c.optim.name = "adam"
-  c.optim.schedule = "rsqrt"
-  c.optim.lr = 1.0
-  c.optim.warmup_steps = 4000
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.eps = 1e-9
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 0.0
-  c.optim.label_smoothing = 0.1
+  aiayn_optim(c, warmup_steps=4000)
   return c

@@ -16,7 +16,7 @@ Hardware/time: 2 CPU cores, <= 10 minutes in all (data + training + BLEU).
 Expected: sacreBLEU ~ (see README "Toy translation"); a test pins a shortened run.
 Smoke variant: --config.train.steps=50 --config.data.train_size=5000 --config.eval.bleu_examples=64
 """
-from _common import base_config
+from _common import aiayn_optim, base_config
 
 from jaxformer.nn.config import TransformerConfig
 
@@ -41,13 +41,5 @@ def get_config():
   c.train.eval_batch_size = 64
   c.train.average_last = 5
   c.train.average_every = 50
-  c.optim.name = "adam"
-  c.optim.schedule = "rsqrt"
-  c.optim.lr = 1.0  # a multiplier of the paper's formula d^-0.5 min(step^-0.5, step warmup^-1.5)
-  c.optim.warmup_steps = 400
-  c.optim.b2 = 0.98
-  c.optim.eps = 1e-9
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 0.0
-  c.optim.label_smoothing = 0.1
+  aiayn_optim(c, warmup_steps=400)
   return c

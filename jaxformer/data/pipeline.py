@@ -121,7 +121,22 @@ class _Truncation:
     return out
 
 
-class PackedBatches:
+class _Resumable:
+  """A batch iterator whose state is the integer attributes named in `STATE`."""
+  STATE: tuple[str, ...] = ("index",)
+
+  def get_state(self) -> dict:
+    return {k: getattr(self, k) for k in self.STATE}
+
+  def set_state(self, state: dict) -> None:
+    for k in self.STATE:
+      setattr(self, k, int(state[k]))
+
+  def __iter__(self):
+    return self
+
+
+class PackedBatches(_Resumable):
   """Fill `batch_size` rows per feature (lengths: feature -> row length) with whole examples.
 
   First fit: each example goes to the first row where every feature still fits; when it fits in no
@@ -135,15 +150,6 @@ class PackedBatches:
     self.examples, self.batch_size, self.lengths = _ReadAhead(examples), batch_size, dict(lengths)
     self.index = 0
     self.truncate = _Truncation(self.lengths, keep_last)
-
-  def get_state(self) -> dict:
-    return {"index": self.index}
-
-  def set_state(self, state: dict) -> None:
-    self.index = int(state["index"])
-
-  def __iter__(self):
-    return self
 
   def _get(self, i):
     return self.truncate(self.examples[i], i) if i < len(self.examples) else None
@@ -179,7 +185,7 @@ class PackedBatches:
     return out
 
 
-class BucketedBatches:
+class BucketedBatches(_Resumable):
   """Length bucketing (the paper's "batched together by approximate sequence length").
 
   Reads `window` examples at a time, puts each in the smallest bucket boundary that holds its longest
@@ -190,6 +196,7 @@ class BucketedBatches:
   fixed shape: one compilation per bucket. The window's batches come in a seeded random order.
   Examples longer than the largest boundary are truncated (counted and logged).
   """
+  STATE = ("start", "position")
 
   def __init__(self, examples, boundaries, tokens_per_batch: int, *, features=("inputs", "targets"),
                window: int = 10_000, seed: int = 0, batch_multiple: int = 1, keep_last: bool = False):
@@ -200,14 +207,9 @@ class BucketedBatches:
     self.truncate = _Truncation({k: self.boundaries[-1] for k in self.features}, keep_last)
     self.start, self.position, self._batches = 0, 0, None
 
-  def get_state(self) -> dict:
-    return {"start": self.start, "position": self.position}
-
   def set_state(self, state: dict) -> None:
-    self.start, self.position, self._batches = int(state["start"]), int(state["position"]), None
-
-  def __iter__(self):
-    return self
+    super().set_state(state)
+    self._batches = None
 
   def _window_batches(self) -> list[dict[str, np.ndarray]]:
     end = min(self.start + self.window, len(self.examples))
@@ -243,20 +245,12 @@ class BucketedBatches:
     return batch
 
 
-class StepBatches:
+class StepBatches(_Resumable):
   """Batches of a generated task, `make_batch(step, batch_size)` a pure function of (seed, step)."""
+  STATE = ("step",)
 
   def __init__(self, make_batch, batch_size: int):
     self.make_batch, self.batch_size, self.step = make_batch, batch_size, 0
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
-
-  def __iter__(self):
-    return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = self.make_batch(self.step, self.batch_size)
@@ -303,22 +297,13 @@ class MappedBatches:
     return self.fn(next(self.inner))
 
 
-class PaddedBatches:
+class PaddedBatches(_Resumable):
   """One example per row: features in `lengths` cut/padded to their length, other (scalar) features
   stacked. A finite stream ends with a smaller last batch."""
 
   def __init__(self, examples, batch_size: int, lengths: dict[str, int]):
     self.examples, self.batch_size, self.index = _ReadAhead(examples), batch_size, 0
     self.lengths, self.truncate = dict(lengths), _Truncation(dict(lengths))
-
-  def get_state(self) -> dict:
-    return {"index": self.index}
-
-  def set_state(self, state: dict) -> None:
-    self.index = int(state["index"])
-
-  def __iter__(self):
-    return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     rows = []
