@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 log = logging.getLogger("jaxformer.data")
+READ_CHUNK = 256  # examples per source read: array_record reads a batch of records ~15x faster than one by one
 
 
 def examples(source, transform=None, *, seed: int, shuffle: bool = True, num_epochs: int | None = None,
@@ -76,14 +77,14 @@ class Examples:
     return raw if self.transform is None else [self.transform(x) for x in raw]
 
   def __iter__(self):
-    for first in range(0, len(self), 256):
-      yield from self.getitems(range(first, min(first + 256, len(self))))
+    for first in range(0, len(self), READ_CHUNK):
+      yield from self.getitems(range(first, min(first + READ_CHUNK, len(self))))
 
 
 class _ReadAhead:
   """Example i of `examples`, read in chunks of `chunk` consecutive indices (only the current chunk is kept)."""
 
-  def __init__(self, examples, chunk: int = 256):
+  def __init__(self, examples, chunk: int = READ_CHUNK):
     self.examples, self.chunk, self.first, self.items = examples, chunk, 0, []
 
   def __len__(self) -> int:
@@ -103,7 +104,7 @@ class _Truncation:
   def __init__(self, lengths: dict[str, int], keep_last: bool = False):
     self.lengths, self.keep_last, self.count, self.last_index = lengths, keep_last, 0, -1
 
-  def __call__(self, ex: dict, index: int | None = None) -> dict:
+  def __call__(self, ex: dict, index: int) -> dict:
     out, cut = {}, False
     for k, n in self.lengths.items():
       x = ex[k]
@@ -111,13 +112,12 @@ class _Truncation:
         cut = True
         x = np.concatenate([x[:n - 1], x[-1:]]) if self.keep_last else x[:n]
       out[k] = x
-    if cut and (index is None or index > self.last_index):  # an example re-read for the next batch counts once
+    if cut and index > self.last_index:  # an example re-read for the next batch counts once
       self.count += 1
       if math.log10(self.count).is_integer():
         log.warning("%d examples cut to the maximum lengths %s so far; raise data.max_len to keep them whole",
                     self.count, self.lengths)
-    if index is not None:
-      self.last_index = max(self.last_index, index)
+    self.last_index = max(self.last_index, index)
     return out
 
 
@@ -161,23 +161,22 @@ class PackedBatches(_Resumable):
       out[k] = np.zeros((b, n), np.int32)
       out[f"{k}_segment_ids"] = np.zeros((b, n), np.int32)
       out[f"{k}_positions"] = np.zeros((b, n), np.int32)
-    fill = {k: np.zeros(b, np.int64) for k in self.lengths}
+    keys = list(self.lengths)
+    room = np.tile(np.array([self.lengths[k] for k in keys])[:, None], (1, b))  # free slots per feature and row
     segments = np.zeros(b, np.int32)
     placed = 0
-    while True:
-      ex = self._get(self.index)
-      if ex is None:
+    while (ex := self._get(self.index)) is not None:
+      fits = np.all(room >= np.array([len(ex[k]) for k in keys])[:, None], axis=0)
+      if not fits.any():
         break
-      row = next((r for r in range(b) if all(fill[k][r] + len(ex[k]) <= n for k, n in self.lengths.items())), None)
-      if row is None:
-        break
+      row = int(np.argmax(fits))  # the first row where every feature fits
       segments[row] += 1
-      for k in self.lengths:
-        x, start = ex[k], fill[k][row]
+      for f, k in enumerate(keys):
+        x, start = ex[k], self.lengths[k] - room[f, row]
         out[k][row, start:start + len(x)] = x
         out[f"{k}_segment_ids"][row, start:start + len(x)] = segments[row]
         out[f"{k}_positions"][row, start:start + len(x)] = np.arange(len(x))
-        fill[k][row] += len(x)
+        room[f, row] -= len(x)
       self.index += 1
       placed += 1
     if placed == 0:

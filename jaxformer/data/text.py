@@ -8,6 +8,7 @@ TextClassificationData   a TFDS dataset of (text, label) (imdb_reviews byte-leve
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sysconfig
@@ -148,12 +149,7 @@ class TfdsTextData:
     """The first `num_batches` batches of a split (default: data.eval_split), in order (all when <= 0)."""
     exs = examples(self.source(split or self.data.eval_split), self.encode, seed=0, shuffle=False, num_epochs=1,
                    shard=(0, 1))
-    out = []
-    for batch in self._batches(exs, batch_size):
-      out.append(batch)
-      if len(out) == num_batches:
-        break
-    return out
+    return list(itertools.islice(self._batches(exs, batch_size), num_batches if num_batches > 0 else None))
 
 
 class PackedLMData(TfdsTextData):

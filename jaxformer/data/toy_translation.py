@@ -151,18 +151,25 @@ _VOWELS = ("a", "e", "i", "o", "u", "au", "ei")
 _CODAS = ("k", "l", "m", "n", "r", "s", "t")
 
 
-def _coin(key: str, syllables: int, closed: bool, forms, used: set[str]) -> str:
-  """A made-up stem for `key`: CV syllables (+ a final consonant if closed) picked by hashing key; the first stem
-  whose inflected `forms(stem)` are distinct and unused. blake2b, not an RNG, so the lexicon never changes."""
+def _first_free(key: str, digest_size: int, build, forms, used: set[str]) -> str:
+  """The first word `build(blake2b(key#attempt))` whose `forms(word)` are distinct and unused; claims those forms.
+  blake2b, not an RNG, so the lexicon never changes."""
   for attempt in itertools.count():
-    h = hashlib.blake2b(f"{key}#{attempt}".encode(), digest_size=16).digest()
-    stem = "".join(_ONSETS[h[2 * i] % len(_ONSETS)] + _VOWELS[h[2 * i + 1] % len(_VOWELS)] for i in range(syllables))
-    stem += _CODAS[h[15] % len(_CODAS)] if closed else ""
-    fs = forms(stem)
+    word = build(hashlib.blake2b(f"{key}#{attempt}".encode(), digest_size=digest_size).digest())
+    fs = forms(word)
     if len(set(fs)) == len(fs) and not used.intersection(fs):
       used.update(fs)
-      return stem
+      return word
   raise AssertionError("unreachable")
+
+
+def _coin(key: str, syllables: int, closed: bool, forms, used: set[str]) -> str:
+  """A made-up stem for `key`: CV syllables (+ a final consonant if closed) picked by hashing key; the first stem
+  whose inflected `forms(stem)` are distinct and unused."""
+  def build(h):
+    stem = "".join(_ONSETS[h[2 * i] % len(_ONSETS)] + _VOWELS[h[2 * i + 1] % len(_VOWELS)] for i in range(syllables))
+    return stem + (_CODAS[h[15] % len(_CODAS)] if closed else "")
+  return _first_free(key, 16, build, forms, used)
 
 
 class Noun(NamedTuple):
@@ -263,18 +270,13 @@ def en_past(word: str) -> str:
 def _coin_en(key: str, forms, used: set[str]) -> str:
   """A pronounceable English-looking pseudo-word for `key` ("blorf": onset vowel coda; "crandle": onset vowel medial
   ending), picked by hashing key like `_coin`: the first whose `forms(word)` are distinct and unused."""
-  for attempt in itertools.count():
-    h = hashlib.blake2b(f"{key}#{attempt}".encode(), digest_size=8).digest()
+  def build(h):
     one_syllable, vowel = h[0] < 128, _EN_VOWELS[h[2] % len(_EN_VOWELS)]
     consonant = _EN_CODAS[h[3] % len(_EN_CODAS)] if one_syllable else _EN_MEDIALS[h[4] % len(_EN_MEDIALS)]
     consonant = _EN_SINGLE.get(consonant, consonant) if len(vowel) == 2 else consonant
     word = _EN_ONSETS[h[1] % len(_EN_ONSETS)] + vowel + consonant
-    word += "" if one_syllable else _EN_ENDINGS[h[5] % len(_EN_ENDINGS)]
-    fs = forms(word)
-    if len(set(fs)) == len(fs) and not used.intersection(fs):
-      used.update(fs)
-      return word
-  raise AssertionError("unreachable")
+    return word + ("" if one_syllable else _EN_ENDINGS[h[5] % len(_EN_ENDINGS)])
+  return _first_free(key, 8, build, forms, used)
 
 
 class Lexicon(NamedTuple):

@@ -81,7 +81,6 @@ class TranslationData(TfdsTextData):
 
   def texts(self, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
     """(sources, references) of a split as raw text, the first `limit` pairs (all when 0)."""
-    src = self.source(split)
-    n = len(src) if limit <= 0 else min(limit, len(src))
-    pairs = [src[i] for i in range(n)]
+    pairs = examples(self.source(split), seed=0, shuffle=False, num_epochs=1, shard=(0, 1))
+    pairs = pairs.getitems(range(len(pairs) if limit <= 0 else min(limit, len(pairs))))
     return [as_text(p[self.src]) for p in pairs], [as_text(p[self.tgt]) for p in pairs]
