@@ -258,10 +258,16 @@ class StepBatches(_Resumable):
 
 
 def train_batches(ds, batch_size: int):
-  """The training batch iterator of a dataset: its own, or `StepBatches` over `train_batch`."""
+  """This process's training batches of `batch_size` rows: the dataset's own iterator (which reads this
+  process's shard of the examples), or `StepBatches` over `train_batch` (with several processes, each
+  takes its block of rows of the global batch, so the global batch does not depend on the process count)."""
   if hasattr(ds, "train_iterator"):
     return ds.train_iterator(batch_size)
-  return StepBatches(ds.train_batch, batch_size)
+  index, count = jax.process_index(), jax.process_count()
+  if count == 1:
+    return StepBatches(ds.train_batch, batch_size)
+  rows = slice(index * batch_size, (index + 1) * batch_size)
+  return StepBatches(lambda step, bs: {k: v[rows] for k, v in ds.train_batch(step, bs * count).items()}, batch_size)
 
 
 def shift_right(targets: np.ndarray, segment_ids: np.ndarray | None, start_id: int) -> np.ndarray:

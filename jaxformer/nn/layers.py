@@ -31,7 +31,19 @@ def param_init(cfg: TransformerConfig, names: Sequence[str | None], kind: str = 
     init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
   else:
     init = nn.initializers.lecun_normal()
-  return nn.with_logical_partitioning(init, tuple(names))
+  names = tuple(names)
+  return lambda *args, **kwargs: _Partitioned(init(*args, **kwargs), names)
+
+
+class _Partitioned(nn.LogicallyPartitioned):
+  """flax's DenseGeneral creates its kernel flattened to 2-d and unboxes it before reshaping (also when it
+  checks shapes during `apply`); constraining that flat array by the full names would fail under a mesh,
+  so only arrays of the names' rank are constrained."""
+
+  def unbox(self, apply_constraint: bool = True):
+    if jnp.ndim(self.value) != len(self.names):
+      return self.value
+    return super().unbox(apply_constraint)
 
 
 def constrain(x: jnp.ndarray, names: Sequence[str | None]) -> jnp.ndarray:

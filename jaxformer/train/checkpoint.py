@@ -1,35 +1,62 @@
-"""Saving a finished run for inference: params (orbax), model config and tokenizer.
+"""Checkpoints of a training run (to resume it) and its exported parameters (to use it).
 
 Layout of a run directory:
-  model.json      {"model_kind": ..., "model": TransformerConfig fields}
-  tokenizer.json  the tokenizer
-  params/         orbax checkpoint of the parameter pytree
+  model.json      {"model_kind": ..., "model": TransformerConfig fields}   (written at the start)
+  tokenizer.json  the tokenizer                                            (written at the start)
+  checkpoints/    `Checkpoints`: <step>/{state, data, average}, async, the last N + the best
+  params/         orbax checkpoint of the final parameter pytree (`save_params`, or `export_params`
+                  from any checkpoint): what `load_run`, `jaxformer eval` and `generate` read
 """
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxformer.data.tokenizers import load_tokenizer, save_tokenizer
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 
+log = logging.getLogger("jaxformer.checkpoint")
 
-def save_run(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig, params, tokenizer) -> None:
+
+def write_run_info(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig, tokenizer) -> None:
+  """model.json and tokenizer.json: what turns a parameter checkpoint into a usable model."""
+  workdir = Path(workdir)
+  (workdir / "model.json").write_text(json.dumps({"model_kind": model_kind, "model": model_cfg.to_dict()}, indent=1))
+  save_tokenizer(tokenizer, workdir / "tokenizer.json")
+
+
+def save_params(workdir: str | Path, params) -> None:
+  """`<workdir>/params/`, written whole or not at all (every process calls this; process 0 renames)."""
   workdir = Path(workdir).resolve()
-  target = workdir / "params"
-  tmp = workdir / "params.tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
+  target, tmp = workdir / "params", workdir / "params.tmp"
+  if jax.process_index() == 0:
+    shutil.rmtree(tmp, ignore_errors=True)
+  _sync("jaxformer_params_tmp")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp, params)
     ckptr.wait_until_finished()
-  shutil.rmtree(target, ignore_errors=True)
-  tmp.rename(target)  # never leave a half-written params/ behind
-  (workdir / "model.json").write_text(json.dumps({"model_kind": model_kind, "model": model_cfg.to_dict()}, indent=1))
-  save_tokenizer(tokenizer, workdir / "tokenizer.json")
+  if jax.process_index() == 0:
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # never leave a half-written params/ behind
+  _sync("jaxformer_params_done")
+
+
+def save_run(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig, params, tokenizer) -> None:
+  save_params(workdir, params)
+  if jax.process_index() == 0:
+    write_run_info(workdir, model_kind, model_cfg, tokenizer)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def load_run(workdir: str | Path):
@@ -44,3 +71,87 @@ def load_run(workdir: str | Path):
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(workdir / "params")
   return model, params, load_tokenizer(workdir / "tokenizer.json")
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was expected; the message says what was tried."""
+
+
+class Checkpoints:
+  """Training checkpoints under `<workdir>/checkpoints/<step>/` (orbax CheckpointManager).
+
+  Each holds the train state (params, optimizer state, step, RNG) as `state/`, the data iterator's
+  position as `data/` (JSON) and, during the averaging window, the running parameter sum as
+  `average/`. Saves are asynchronous: `save` returns once the arrays are copied off the devices and
+  the files are written by a background thread (orbax writes into a temporary directory and renames it
+  when complete, so a killed process leaves no half checkpoint that looks finished).
+
+  Kept: the last `keep` checkpoints plus the `keep_best` best by evaluation loss.
+  """
+
+  def __init__(self, directory: str | Path, *, keep: int = 2, keep_best: int = 0, async_save: bool = True):
+    from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+    policies = [pp.LatestN(max(keep, 1))]
+    if keep_best:  # reverse=True ranks by descending loss, so the lowest losses are the ones kept
+      policies.append(pp.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=keep_best,
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True, create=True)
+    self.directory = Path(directory).resolve()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "average"))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, data_state: dict, *, average=None, eval_loss: float | None = None) -> None:
+    items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+    if average is not None:
+      items["average"] = ocp.args.StandardSave(average)
+    metrics = None if eval_loss is None else {"loss": float(eval_loss)}
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def restore(self, abstract_state, abstract_average=None, step: int | None = None):
+    """The newest checkpoint that reads back whole (or exactly `step`): (state, data_state, average).
+    A checkpoint that fails to read is logged, moved aside to `<step>.corrupt` and the next older one
+    tried; returns None when there are none, raises CheckpointError when none is readable."""
+    steps = [step] if step is not None else self.steps()[::-1]
+    failures = []
+    for s in steps:
+      try:
+        data = self.manager.restore(s, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        if data.get("average_count") and abstract_average is not None:
+          items["average"] = ocp.args.StandardRestore(abstract_average)
+        restored = self.manager.restore(s, args=ocp.args.Composite(**items))
+      except Exception as e:  # noqa: BLE001 - any read failure means: try the previous checkpoint
+        failures.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        log.warning("checkpoint %s/%d cannot be read (%s); trying an older one", self.directory, s, failures[-1])
+        self._set_aside(s)
+        continue
+      return restored["state"], data, restored.get("average") if "average" in items else None
+    if failures:
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(failures) +
+                            ". Delete the directory to start over, or point --workdir elsewhere")
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      path = self.directory / str(step)
+      if path.exists():
+        path.rename(path.with_name(f"{step}.corrupt"))
+    self.manager.reload()
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with the given shardings) describing `tree`: a restore target."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

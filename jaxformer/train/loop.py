@@ -11,9 +11,12 @@ import logging
 import math
 import platform
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,11 +26,13 @@ from jaxformer.data import build_dataset, train_batches
 from jaxformer.decode import generate_sliding
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
-from jaxformer.train.checkpoint import save_run
+from jaxformer.parallel import RULES, check_batch, initialize_distributed, is_main_process, make_mesh
+from jaxformer.parallel.mesh import put_global_batch, shard_batch
+from jaxformer.train.checkpoint import Checkpoints, abstract_like, save_params, write_run_info
 from jaxformer.train.evaluate import evaluate, exact_match, translation_bleu
 from jaxformer.train.metrics import MetricWriter, plot_loss_curves
 from jaxformer.train.optim import make_optimizer
-from jaxformer.train.step import create_train_state, init_params, make_eval_step, make_train_step
+from jaxformer.train.step import init_train_state, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxformer.train")
 _DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification"}
@@ -70,23 +75,67 @@ def _window_metrics(host: list[dict], first_step: int, elapsed: float) -> dict[s
   return avg
 
 
-def _fresh_workdir(workdir: Path) -> None:
-  """This loop does not resume yet: clear what an earlier run left, loudly."""
+def _prepare_workdir(workdir: Path, resume_step: int | None) -> None:
+  """Resuming: drop the metrics logged after the checkpoint (they will be logged again). Starting anew:
+  clear what an earlier run left, loudly."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if resume_step is not None:
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+      keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
+      path.write_text("".join(line + "\n" for line in keep))
+    return
   stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png",
-                                  "data_state.json")]
+                                  "data_state.json", "checkpoints")]
   stale = [p for p in stale if p.exists()]
   if stale:
     log.warning("workdir %s holds an earlier run; replacing %s", workdir, [p.name for p in stale])
   for p in stale:
     shutil.rmtree(p) if p.is_dir() else p.unlink()
-  workdir.mkdir(parents=True, exist_ok=True)
+
+
+class Preempted(KeyboardInterrupt):
+  """SIGTERM / SIGINT arrived; a checkpoint of the step reached was saved first."""
+
+
+class _StopSignals:
+  """Turns SIGTERM and SIGINT into a flag the loop checks after every step (a second signal kills)."""
+
+  def __init__(self):
+    self.received = None
+    self.previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self.previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None:  # asked twice: stop now
+      signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+      signal.raise_signal(signum)
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
 
 
 def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
-  """Train the experiment `config` in `workdir`; returns the results dict (also saved as results.json)."""
+  """Train the experiment `config` in `workdir`; returns the results dict (also saved as results.json).
+
+  A workdir that holds checkpoints of the same experiment is resumed from the newest readable one
+  (params, optimizer state, step, RNG and the data position), so rerunning an interrupted command
+  continues exactly where it stopped. SIGTERM / SIGINT save a checkpoint and raise `Preempted`.
+  """
   t_start = time.time()
+  initialize_distributed(config.get("distributed"))
   workdir = Path(workdir)
-  tc = config.train
+  tc, cc = config.train, _checkpoint_settings(config)
+  mesh = make_mesh(config.get("mesh"))
+  check_batch(mesh, tc.batch_size, tc.grad_accum)
+  main = is_main_process()
   ds = build_dataset(config.data, config.seed, cache_dir=workdir)
   if _DATA_FOR_MODEL.get(config.model_kind) != ds.kind:
     raise ValueError(f"model_kind={config.model_kind!r} cannot train on data.name={config.data.name!r} "
@@ -94,76 +143,131 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   cfg = model_config(config, ds.vocab_size, getattr(ds, "num_classes", None))
   model = build_model(config.model_kind, cfg)
   tx, schedule = make_optimizer(config.optim, cfg.d_model, tc.steps)
-  batches = train_batches(ds, tc.batch_size)
-  params, _ = init_params(model, config.model_kind, next(train_batches(ds, tc.batch_size)), config.seed)
-  state = create_train_state(params, tx, config.seed)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  log.info("%s with %.2fM parameters on %s", config.model_kind, n_params / 1e6, jax.devices()[0].platform)
+  batches = train_batches(ds, tc.batch_size // jax.process_count())
+  ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"], async_save=cc["async_save"])
+  if not cc["resume"] and ckpts.steps():
+    ckpts.close()
+    _prepare_workdir(workdir, None)
+    ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"],
+                        async_save=cc["async_save"])
 
-  train_step = jax.jit(make_train_step(model, config.model_kind, tx, schedule,
-                                       label_smoothing=config.optim.label_smoothing,
-                                       grad_accum=tc.grad_accum), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, config.model_kind))
-  eval_set = ds.eval_batches(tc.eval_batches, tc.eval_batch_size)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    example = next(train_batches(ds, tc.batch_size // jax.process_count()))
+    state, state_sh = init_train_state(model, config.model_kind, tx, example, config.seed, mesh)
+    average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
+    restored = ckpts.restore(abstract_like(state, state_sh), abstract_like(state.params, state_sh.params)) \
+        if ckpts.steps() else None
+    if restored is not None:
+      state, data_state, average_sum = restored
+      batches.set_state(data_state["batches"])
+      average.set(average_sum, data_state.get("average_count", 0))
+      log.info("resumed from %s at step %d", ckpts.directory, int(state.step))
+    start = int(state.step)
+    if main:
+      _prepare_workdir(workdir, start if restored is not None else None)
+      (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+      write_run_info(workdir, config.model_kind, cfg, ds.tokenizer)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log.info("%s with %.2fM parameters on %s; mesh %s", config.model_kind, n_params / 1e6, _hardware(),
+             dict(mesh.shape))
 
-  _fresh_workdir(workdir)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-  writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
-  pending, window_start, compile_s = [], time.time(), None
-  average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
-  bar = tqdm(range(tc.steps), desc="train", disable=not progress, dynamic_ncols=True)
-  for step in bar:
-    state, metrics = train_step(state, next(batches))
-    average.maybe_add(step + 1, state.params)
-    pending.append(metrics)
-    last = step + 1 == tc.steps
-    if step == 0 or (step + 1) % tc.log_every == 0 or last:
-      host = jax.device_get(pending)  # the only host sync of the loop
-      if step == 0:  # the first step pays for compilation: no throughput for it
-        compile_s = time.time() - window_start
-      avg = _window_metrics(host, first_step=step + 2 - len(host), elapsed=time.time() - window_start)
-      if step == 0:
-        del avg["tokens_per_s"]
-      writer.write(step + 1, "train", avg)
-      bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
-      pending, window_start = [], time.time()
-    if tc.eval_every and ((step + 1) % tc.eval_every == 0 or last):
-      ev = evaluate(eval_step, state.params, eval_set)
-      writer.write(step + 1, "eval", ev)
-      bar.write(f"step {step + 1:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
-                f"acc {ev['accuracy']:.4f}")
-  bar.close()
-  writer.close()
+    train_step = jax.jit(make_train_step(model, config.model_kind, tx, schedule,
+                                         label_smoothing=config.optim.label_smoothing, grad_accum=tc.grad_accum),
+                         out_shardings=(state_sh, None), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model, config.model_kind))
+    eval_set = [put_global_batch(mesh, b) for b in ds.eval_batches(tc.eval_batches, tc.eval_batch_size)]
 
-  params = state.params
-  results = {"experiment": config.get("name", ""), "step": int(state.step), "num_params": int(n_params),
-             "compile_s": round(compile_s or 0.0, 2), "train_s": round(time.time() - t_start, 2),
-             "hardware": _hardware(), "versions": _versions()}
-  if average.count > 1:
-    params = average.result()
-    results["averaged_checkpoints"] = average.count
-    log.info("final parameters: the average of the last %d snapshots (every %d steps)", average.count,
-             tc.average_every)
-  save_run(workdir, config.model_kind, cfg, params, ds.tokenizer)  # first: a failing evaluation loses nothing
-  results["eval"] = evaluate(eval_step, params, eval_set)
-  if ds.kind == "seq2seq" and hasattr(ds, "texts"):
-    results |= translation_bleu(model, params, ds, config.eval, ds.data.eval_split)
-  elif ds.kind == "seq2seq":
-    results["exact_match"] = exact_match(model, params, ds, ds.eval_batches(tc.eval_batches, tc.eval_batch_size))
-  elif ds.kind == "lm" and "sample" in config:
-    results["sample"] = sample_text(model, params, ds.tokenizer, config.sample, config.seed, context=ds.seq_len)
-  (workdir / "data_state.json").write_text(json.dumps(batches.get_state()))
-  if (workdir / "metrics.jsonl").exists():
-    plot_loss_curves(workdir)
+    def checkpoint(step, eval_loss=None):
+      data_state = {"batches": batches.get_state(), "average_count": average.count}
+      ckpts.save(step, state, data_state, average=average.sum, eval_loss=eval_loss)
+
+    writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+    pending, window_start, compile_s = [], time.time(), None
+    bar = tqdm(range(start, tc.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
+               initial=start, total=tc.steps)
+    with _StopSignals() as signals:
+      for step in bar:
+        state, metrics = train_step(state, shard_batch(mesh, next(batches)))
+        average.maybe_add(step + 1, state.params)
+        pending.append(metrics)
+        done, ev = step + 1, None
+        last = done == tc.steps
+        save_now = last or (cc["every"] and done % cc["every"] == 0) or signals.received
+        if step == start or done % tc.log_every == 0 or last or save_now:
+          host = jax.device_get(pending)  # the only host sync of the loop (and before every checkpoint)
+          if step == start:  # the first step pays for compilation: no throughput for it
+            compile_s = time.time() - window_start
+          avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
+          if step == start:
+            del avg["tokens_per_s"]
+          writer.write(done, "train", avg)
+          bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
+          pending, window_start = [], time.time()
+        if tc.eval_every and (done % tc.eval_every == 0 or last):
+          ev = evaluate(eval_step, state.params, eval_set)
+          writer.write(done, "eval", ev)
+          if main:
+            bar.write(f"step {done:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
+                      f"acc {ev['accuracy']:.4f}")
+        if save_now:
+          checkpoint(done, ev["nll"] if ev else None)
+        if signals.received and not last:
+          ckpts.wait()
+          ckpts.close()
+          writer.close()
+          raise Preempted(f"{signals.received} at step {done}: checkpoint saved in {ckpts.directory}; "
+                          "rerun the same command to continue")
+    bar.close()
+    writer.close()
+    ckpts.wait()
+
+    params = state.params
+    results = {"experiment": config.get("name", ""), "step": int(state.step), "num_params": int(n_params),
+               "compile_s": round(compile_s or 0.0, 2), "train_s": round(time.time() - t_start, 2),
+               "hardware": _hardware(), "mesh": dict(mesh.shape), "versions": _versions()}
+    if start:
+      results["resumed_from_step"] = start
+    if average.count > 1:
+      params = average.result()
+      results["averaged_checkpoints"] = average.count
+      log.info("final parameters: the average of the last %d snapshots (every %d steps)", average.count,
+               tc.average_every)
+    save_params(workdir, params)  # first: a failing evaluation loses nothing
+    ckpts.close()
+    results["eval"] = evaluate(eval_step, params, eval_set)
+    if ds.kind == "seq2seq" and hasattr(ds, "texts"):
+      results |= translation_bleu(model, params, ds, config.eval, ds.data.eval_split)
+    elif ds.kind == "seq2seq":
+      results["exact_match"] = exact_match(model, params, ds, ds.eval_batches(tc.eval_batches, tc.eval_batch_size))
+    elif ds.kind == "lm" and "sample" in config:
+      results["sample"] = sample_text(model, params, ds.tokenizer, config.sample, config.seed, context=ds.seq_len)
   results["total_s"] = round(time.time() - t_start, 2)
-  (workdir / "results.json").write_text(json.dumps(results, indent=1))
+  if main:
+    (workdir / "data_state.json").write_text(json.dumps(batches.get_state()))
+    if (workdir / "metrics.jsonl").exists():
+      plot_loss_curves(workdir)
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
   return results
+
+
+_CHECKPOINT_DEFAULTS = dict(every=1000, keep=2, keep_best=0, async_save=True, resume=True)
+
+
+def _checkpoint_settings(config) -> dict:
+  """config.checkpoint with defaults (every: steps between saves, 0 = only at the end and on SIGTERM;
+  keep: the newest kept; keep_best: also keep the lowest eval losses; resume: continue from the workdir)."""
+  given = config.get("checkpoint") or {}
+  unknown = set(given) - set(_CHECKPOINT_DEFAULTS)
+  if unknown:
+    raise ValueError(f"unknown checkpoint settings {sorted(unknown)}; known: {sorted(_CHECKPOINT_DEFAULTS)}")
+  return {**_CHECKPOINT_DEFAULTS, **dict(given)}
 
 
 class ParamAverage:
   """The paper's checkpoint averaging: the mean of the last `last` parameter snapshots, taken every
   `every` steps counting back from the final step (so the final parameters are always included).
-  Keeps one running sum on the host, not the snapshots. Off when `last` <= 1."""
+  Keeps one running sum on the devices (sharded like the parameters), not the snapshots; it is part
+  of the checkpoints, so a resumed run averages the same snapshots. Off when `last` <= 1."""
 
   def __init__(self, last: int, every: int, total_steps: int):
     if last > 1 and every <= 0:
@@ -175,12 +279,18 @@ class ParamAverage:
     """Call after every step with the number of steps done."""
     if self.last <= 1 or (self.total - step) % self.every or self.total - step >= self.last * self.every:
       return
-    host = jax.device_get(params)
-    self.sum = host if self.sum is None else jax.tree.map(np.add, self.sum, host)
+    self.sum = _copy(params) if self.sum is None else _add(self.sum, params)
     self.count += 1
 
+  def set(self, total, count: int) -> None:
+    self.sum, self.count = (total, count) if count else (None, 0)
+
   def result(self):
-    return jax.device_put(jax.tree.map(lambda x: (x / self.count).astype(x.dtype), self.sum))
+    return jax.jit(lambda s: jax.tree.map(lambda x: (x / self.count).astype(x.dtype), s))(self.sum)
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # the train step donates the params it is given
+_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
 
 
 def _hardware() -> str:

@@ -32,6 +32,26 @@ def init_params(model, model_kind: str, batch: dict, seed: int):
   return nn.unbox(boxed)["params"], nn.get_partition_spec(boxed)["params"]
 
 
+def init_train_state(model, model_kind: str, tx, batch: dict, seed: int, mesh):
+  """The train state created directly in its shardings on `mesh` (no device ever holds the whole
+  state unless the mesh replicates it): parameters laid out by their logical axis names
+  (`parallel.RULES`), optimizer moments like their parameters. Returns (state, its shardings).
+  The values do not depend on the mesh (JAX's partitionable threefry RNG)."""
+  from jaxformer.parallel import state_shardings, tree_shardings
+
+  args = _model_args(model_kind, batch)
+  key = jax.random.key(seed)
+
+  def make(k):
+    return create_train_state(nn.unbox(model.init(k, *args))["params"], tx, seed)
+
+  with nn.logical_axis_rules(()):  # no constraints while initialising: the out_shardings place everything
+    boxed = jax.eval_shape(lambda k: model.init(k, *args), key)
+    param_sh = tree_shardings(mesh, nn.get_partition_spec(boxed)["params"], nn.unbox(boxed)["params"])
+    state_sh = state_shardings(mesh, jax.eval_shape(make, key), param_sh).replace(params=param_sh)
+    return jax.jit(make, out_shardings=state_sh)(key), state_sh
+
+
 def create_train_state(params, tx, seed: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))

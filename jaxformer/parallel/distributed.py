@@ -1,0 +1,51 @@
+"""Multi-host start-up: `jax.distributed.initialize` from the config or the environment.
+
+Every process runs the same command; JAX then sees all devices of all hosts as one
+`jax.devices()` list and each process feeds its own rows of every batch.
+
+  config.distributed.coordinator_address  "host:port" of process 0 (or $JAX_COORDINATOR_ADDRESS)
+  config.distributed.num_processes        (or $JAX_NUM_PROCESSES)
+  config.distributed.process_id           (or $JAX_PROCESS_ID)
+  config.distributed.initialize           True: let JAX detect the cluster (Cloud TPU pod slices,
+                                          SLURM, Open MPI, Kubernetes) with no addresses given
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger("jaxformer.parallel")
+
+
+def initialize_distributed(dist_cfg=None) -> bool:
+  """Join the process group when the config or the environment asks for it; returns whether it did.
+  Must run before anything touches a JAX device."""
+  get = (lambda k, d: dist_cfg.get(k, d) or d) if dist_cfg is not None else (lambda k, d: d)
+  address = get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  num = int(get("num_processes", 0) or os.environ.get("JAX_NUM_PROCESSES", 0))
+  pid = get("process_id", -1)
+  pid = int(os.environ.get("JAX_PROCESS_ID", -1)) if pid is None or pid < 0 else int(pid)
+  if not (address or get("initialize", False)):
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  if address and (num <= 0 or pid < 0):
+    raise ValueError(f"distributed coordinator {address!r} given without the process count and this process's "
+                     "id: set distributed.num_processes and distributed.process_id (or $JAX_NUM_PROCESSES and "
+                     "$JAX_PROCESS_ID)")
+  try:  # CPU processes talk through gloo (GPUs and TPUs bring their own collectives)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):
+    pass
+  kwargs = dict(coordinator_address=address, num_processes=num, process_id=pid) if address else {}
+  jax.distributed.initialize(**kwargs)
+  log.info("process %d of %d; %d local / %d global devices", jax.process_index(), jax.process_count(),
+           jax.local_device_count(), jax.device_count())
+  return True
+
+
+def is_main_process() -> bool:
+  """Only process 0 writes logs, metrics and results."""
+  return jax.process_index() == 0
