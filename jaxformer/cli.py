@@ -4,6 +4,10 @@
   jaxformer eval --config experiments/NAME.py --workdir DIR [--split test] [--config.key=value ...]
   jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
   jaxformer prepare TFDS_NAME [--data-dir DIR]
+  jaxformer export --workdir DIR --out DIR [--step N]
+
+`train` resumes from the newest checkpoint in --workdir when there is one: rerun an interrupted
+command to continue it exactly.
 """
 from __future__ import annotations
 
@@ -53,6 +57,13 @@ def _eval(args, overrides) -> int:
   if "exact_match" in results:
     print(f"greedy-decoding exact match: {results['exact_match']:.4f}")
   print(f"results: {workdir / ('eval_' + results['split'] + '.json')}")
+  return 0
+
+
+def _export(args) -> int:
+  from jaxformer.train.checkpoint import export_params
+
+  print(f"parameters written to {export_params(args.workdir, args.out, args.step)}")
   return 0
 
 
@@ -139,16 +150,22 @@ def main(argv: list[str] | None = None) -> int:
   pr = sub.add_parser("prepare", help="download and prepare a TFDS dataset (array_record) for training")
   pr.add_argument("name", help="TFDS name, e.g. wmt14_translate/de-en")
   pr.add_argument("--data-dir", default=None, help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  ex = sub.add_parser("export", help="write the parameters of a training checkpoint for inference (no optimizer state)")
+  ex.add_argument("--workdir", required=True, help="the run directory of `jaxformer train`")
+  ex.add_argument("--out", required=True, help="output directory (readable by eval / generate --checkpoint)")
+  ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
   _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)
-  if args.command in ("generate", "prepare"):
+  if args.command in ("generate", "prepare", "export"):
     if rest:
       parser.error(f"unrecognised arguments {rest}")
     logging.basicConfig(level=logging.WARNING if args.command == "generate" else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from jaxformer.train.checkpoint import CheckpointError
     try:
-      return _generate(args) if args.command == "generate" else _prepare(args)
-    except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
+      return {"generate": _generate, "prepare": _prepare, "export": _export}[args.command](args)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, CheckpointError) as e:
       print(f"jaxformer {args.command}: {e}", file=sys.stderr)
       return 2
   bad = [a for a in rest if not a.startswith("--config.")]
@@ -158,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on every start
   from jaxformer.config import ConfigError, load_config
+  from jaxformer.train.checkpoint import CheckpointError
+  from jaxformer.train.loop import NonFiniteLossError, Preempted
   try:
     if args.command == "eval":
       return _eval(args, rest)
@@ -168,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"jaxformer: config error: {e}", file=sys.stderr)
     return 2
-  except (FileNotFoundError, ValueError) as e:  # missing data or run, bad data settings: one clear line
+  except (FileNotFoundError, ValueError, CheckpointError) as e:  # missing data or run, bad settings: one line
     print(f"jaxformer {args.command}: {e}", file=sys.stderr)
     return 2
+  except NonFiniteLossError as e:
+    print(f"jaxformer {args.command}: stopped: {e}", file=sys.stderr)
+    return 1
+  except Preempted as e:  # the checkpoint is saved; the exit status says which signal (128 + n)
+    print(f"jaxformer {args.command}: interrupted by {e}", file=sys.stderr)
+    return 143 if str(e).startswith("SIGTERM") else 130
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Multi-head attention layer (Vaswani et al. 2017, section 3.2) with GQA/MQA.
 
 Projections live here; the attention itself always goes through
-`jaxformer.attention.attention`, whose backend is `cfg.attention_impl`.
+`jaxformer.attention.attention`, whose backend is `cfg.attention_impl`, except for
+`attention_impl="ring"`: sequence-parallel ring attention over the ambient mesh
+(`jaxformer.parallel.ring`).
 """
 from __future__ import annotations
+
+import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -73,9 +78,16 @@ class MultiHeadAttention(nn.Module):
     bias = alibi_bias(positions, kv_positions, N) if is_self and cfg.position == "alibi" else None  # [B, N, T, S]
 
     dropout = cfg.attention_dropout_rate if not deterministic else 0.0
-    out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset,
-                    dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
-                    implementation=cfg.attention_impl)  # [B, T, N, H]
+    impl = cfg.attention_impl
+    if impl == "ring" and cache is None:
+      out = _ring(q, k, v, causal=self.causal, segment_ids=segment_ids, cross=not is_self, bias=bias, dropout=dropout)
+    else:
+      if impl == "ring":
+        _log_ring_fallback()
+        impl = None
+      out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset,
+                      dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
+                      implementation=impl)  # [B, T, N, H]
     out = constrain(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(
         x.shape[-1], axis=(-2, -1), use_bias=cfg.out_bias, dtype=cfg.compute_dtype,
@@ -83,3 +95,24 @@ class MultiHeadAttention(nn.Module):
         kernel_init=param_init(cfg, ("heads", "kv", "embed")),
         bias_init=param_init(cfg, ("embed",), "zeros"))(out)
     return out if cache is None else (out, (k.swapaxes(1, 2), v.swapaxes(1, 2)))
+
+
+def _ring(q, k, v, *, causal, segment_ids, cross, bias, dropout):
+  """`attention_impl="ring"`: ring attention over the "sequence" axis of the ambient mesh (`jax.set_mesh`).
+
+  Training-time self-attention only: cross-attention, a bias (ALiBi) and attention dropout raise. Decoding
+  with a KV cache does not come here: it falls back to the default backend (logged once), since one new
+  token against a cache has no sequence to split.
+  """
+  for feature, used in (("cross-attention", cross), ("an attention bias (ALiBi)", bias is not None),
+                        ("attention dropout", dropout > 0)):
+    if used:
+      raise ValueError(f"model.attention_impl='ring' does not support {feature}; use another attention_impl")
+  from jaxformer.parallel.ring import ring_attention  # lazily: jaxformer.parallel builds on jaxformer.nn
+  return ring_attention(q, k, v, causal=causal, segment_ids=segment_ids)
+
+
+@functools.cache
+def _log_ring_fallback():
+  logging.getLogger("jaxformer.nn").warning(
+      "attention_impl='ring': decoding with a KV cache uses the default attention backend instead")

@@ -48,7 +48,7 @@ class TransformerConfig:
   pad_id: int | None = 0  # tokens equal to pad_id are masked out as keys; None = no padding
   num_classes: int = 2  # EncoderClassifier only
   pooling: str = "mean"  # EncoderClassifier: "mean" over non-pad tokens or "first" token
-  attention_impl: str | None = None  # None = best backend for the platform
+  attention_impl: str | None = None  # None = best backend for the platform; "ring" = jaxformer.parallel.ring
   dtype: str = "float32"  # compute dtype; "bfloat16" for mixed precision
   param_dtype: str = "float32"
   init_std: float | None = None  # None = variance scaling (fan-in); else normal(std)

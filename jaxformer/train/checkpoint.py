@@ -100,15 +100,17 @@ class Checkpoints:
         preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, create=True)
     self.directory = Path(directory).resolve()
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "average"))
+    handlers = dict(state=ocp.PyTreeCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+                    average=ocp.PyTreeCheckpointHandler())
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, *, average=None, eval_loss: float | None = None) -> None:
-    items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+    items = dict(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state))
     if average is not None:
-      items["average"] = ocp.args.StandardSave(average)
+      items["average"] = ocp.args.PyTreeSave(average)
     metrics = None if eval_loss is None else {"loss": float(eval_loss)}
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
@@ -121,9 +123,9 @@ class Checkpoints:
     for s in steps:
       try:
         data = self.manager.restore(s, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
-        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        items = dict(state=_restore_args(abstract_state))
         if data.get("average_count") and abstract_average is not None:
-          items["average"] = ocp.args.StandardRestore(abstract_average)
+          items["average"] = _restore_args(abstract_average)
         restored = self.manager.restore(s, args=ocp.args.Composite(**items))
       except Exception as e:  # noqa: BLE001 - any read failure means: try the previous checkpoint
         failures.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -135,6 +137,18 @@ class Checkpoints:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(failures) +
                             ". Delete the directory to start over, or point --workdir elsewhere")
     return None
+
+  def restore_params(self, step: int | None = None):
+    """Only the parameters of checkpoint `step` (default: the newest), on the default device."""
+    step = self.steps()[-1] if step is None else step
+    if step not in self.steps():
+      raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; there are {self.steps()}")
+    meta = self.manager.item_metadata(step)["state"]["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)}
+    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
@@ -148,6 +162,33 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _restore_args(abstract):
+  return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+
+
+def export_params(workdir: str | Path, out: str | Path, step: int | None = None) -> Path:
+  """Write the parameters of a training checkpoint (default: the newest) as a run directory that
+  `load_run`, `jaxformer eval` and `jaxformer generate` read: out/{params/, model.json, tokenizer.json}.
+  Optimizer state is left behind (a third of the size for Adam)."""
+  workdir, out = Path(workdir), Path(out)
+  if not (workdir / "model.json").is_file() or not (workdir / "checkpoints").is_dir():
+    raise FileNotFoundError(f"{workdir} holds no training checkpoints (checkpoints/ and model.json); "
+                            "pass the --workdir of a `jaxformer train` run")
+  ckpts = Checkpoints(workdir / "checkpoints")
+  try:
+    if not ckpts.steps():
+      raise CheckpointError(f"{workdir / 'checkpoints'} holds no finished checkpoint yet")
+    params = ckpts.restore_params(step)
+  finally:
+    ckpts.close()
+  out.mkdir(parents=True, exist_ok=True)
+  save_params(out, params)
+  if out.resolve() != workdir.resolve():
+    for name in ("model.json", "tokenizer.json"):
+      shutil.copyfile(workdir / name, out / name)
+  return out
 
 
 def abstract_like(tree, shardings=None):

@@ -99,14 +99,25 @@ class Preempted(KeyboardInterrupt):
 
 
 class _StopSignals:
-  """Turns SIGTERM and SIGINT into a flag the loop checks after every step (a second signal kills)."""
+  """Turns SIGTERM and SIGINT into a flag the loop checks after every step (a second signal kills).
+
+  With several processes, SIGTERM reaches each at a different step; JAX's coordination service then
+  agrees on one step for all (`reached_preemption_sync_point`), so the handlers are left to it."""
 
   def __init__(self):
     self.received = None
     self.previous = {}
+    self.multi = jax.process_count() > 1
+
+  def check(self, step: int) -> str | None:
+    if self.multi and self.received is None:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = "SIGTERM"
+    return self.received
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self.multi and threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
         self.previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -185,38 +196,43 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     pending, window_start, compile_s = [], time.time(), None
     bar = tqdm(range(start, tc.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
                initial=start, total=tc.steps)
-    with _StopSignals() as signals:
-      for step in bar:
-        state, metrics = train_step(state, shard_batch(mesh, next(batches)))
-        average.maybe_add(step + 1, state.params)
-        pending.append(metrics)
-        done, ev = step + 1, None
-        last = done == tc.steps
-        save_now = last or (cc["every"] and done % cc["every"] == 0) or signals.received
-        if step == start or done % tc.log_every == 0 or last or save_now:
-          host = jax.device_get(pending)  # the only host sync of the loop (and before every checkpoint)
-          if step == start:  # the first step pays for compilation: no throughput for it
-            compile_s = time.time() - window_start
-          avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
-          if step == start:
-            del avg["tokens_per_s"]
-          writer.write(done, "train", avg)
-          bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
-          pending, window_start = [], time.time()
-        if tc.eval_every and (done % tc.eval_every == 0 or last):
-          ev = evaluate(eval_step, state.params, eval_set)
-          writer.write(done, "eval", ev)
-          if main:
-            bar.write(f"step {done:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
-                      f"acc {ev['accuracy']:.4f}")
-        if save_now:
-          checkpoint(done, ev["nll"] if ev else None)
-        if signals.received and not last:
-          ckpts.wait()
-          ckpts.close()
-          writer.close()
-          raise Preempted(f"{signals.received} at step {done}: checkpoint saved in {ckpts.directory}; "
-                          "rerun the same command to continue")
+    try:  # whatever stops the loop, the checkpoints being written are finished first
+      with _StopSignals() as signals:
+        for step in bar:
+          state, metrics = train_step(state, shard_batch(mesh, next(batches)))
+          average.maybe_add(step + 1, state.params)
+          pending.append(metrics)
+          done, ev = step + 1, None
+          last = done == tc.steps
+          stop = signals.check(done)
+          save_now = last or (cc["every"] and done % cc["every"] == 0) or stop
+          if step == start or done % tc.log_every == 0 or last or save_now:
+            host = jax.device_get(pending)  # the only host sync of the loop (and before every checkpoint)
+            if step == start:  # the first step pays for compilation: no throughput for it
+              compile_s = time.time() - window_start
+            avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
+            if step == start:
+              del avg["tokens_per_s"]
+            writer.write(done, "train", avg)
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
+            pending, window_start = [], time.time()
+          if tc.eval_every and (done % tc.eval_every == 0 or last):
+            ev = evaluate(eval_step, state.params, eval_set)
+            writer.write(done, "eval", ev)
+            if main:
+              bar.write(f"step {done:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
+                        f"acc {ev['accuracy']:.4f}")
+          if save_now:
+            checkpoint(done, ev["nll"] if ev else None)
+          if stop and not last:
+            raise Preempted(f"{stop} at step {done}: checkpoint saved in {ckpts.directory}; "
+                            "rerun the same command to continue")
+    except BaseException:
+      bar.close()
+      writer.close()
+      ckpts.wait()
+      ckpts.close()
+      raise
     bar.close()
     writer.close()
     ckpts.wait()

@@ -1,0 +1,187 @@
+"""Never lose work: a run killed (SIGKILL) or preempted (SIGTERM) in a real subprocess and restarted
+with the same command ends with bit-identical parameters; corrupt checkpoints are skipped; checkpoints
+restore onto other meshes; the data position is part of the checkpoint."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxformer.config import load_config
+from jaxformer.train import load_run, train
+from jaxformer.train.checkpoint import CheckpointError, Checkpoints, abstract_like, export_params
+from jaxformer.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+# Big enough that a step takes a few milliseconds, so the run can be caught between checkpoints.
+RUN = ["model.num_layers=2", "model.d_model=64", "model.num_heads=4", "model.mlp_dim=128", "model.max_len=64",
+       "model.dropout_rate=0.1", "data.seq_len=64", "data.max_chars=100000", "train.steps=240",
+       "train.batch_size=16", "train.log_every=20", "train.eval_every=0", "train.eval_batches=1",
+       "train.eval_batch_size=8", "train.tensorboard=false", "train.average_last=3", "train.average_every=20",
+       "checkpoint.every=40", "sample.num_tokens=8"]
+
+
+def _cli(workdir, extra=()):
+  cmd = [sys.executable, "-m", "jaxformer.cli", "train", "--config", "char_lm", "--workdir", str(workdir),
+         "--no-progress", *[f"--config.{o}" for o in RUN + list(extra)]]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device: 8 simulated ones are slower
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+
+
+def _params(workdir):
+  return jax.device_get(load_run(workdir)[1])
+
+
+def _assert_bitwise(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def _wait_for_checkpoint(proc, ckpt_dir: Path, step: int, timeout=240):
+  end = time.time() + timeout
+  while not (ckpt_dir / str(step)).is_dir():
+    assert proc.poll() is None, f"the run ended before checkpoint {step}:\n{proc.stdout.read()}"
+    assert time.time() < end, "no checkpoint appeared"
+    time.sleep(0.002)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  proc = _cli(workdir)
+  out = proc.communicate()[0]
+  assert proc.returncode == 0, out
+  return workdir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_bit_for_bit(uninterrupted, tmp_path, sig):
+  step = random.Random(int(sig)).choice([40, 80, 120])
+  proc = _cli(tmp_path)
+  _wait_for_checkpoint(proc, tmp_path / "checkpoints", step)
+  proc.send_signal(sig)
+  out = proc.communicate()[0]
+  assert not (tmp_path / "results.json").exists()  # stopped mid-run
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  if sig == signal.SIGTERM:  # it saves where it is, says so, and exits with 128 + 15
+    assert proc.returncode == 143, out
+    assert f"at step {saved[-1]}: checkpoint saved" in out
+  else:
+    assert proc.returncode == -signal.SIGKILL
+  assert saved[-1] >= step
+  proc = _cli(tmp_path)  # the same command again
+  out = proc.communicate()[0]
+  assert proc.returncode == 0, out
+  _assert_bitwise(_params(tmp_path), _params(uninterrupted))
+  steps = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 240  # the log continues without repeats
+
+
+def test_corrupt_latest_checkpoint_is_skipped_and_export(uninterrupted, tmp_path, caplog):
+  import shutil
+
+  work = tmp_path / "run"
+  shutil.copytree(uninterrupted, work)
+  ckpts = Checkpoints(work / "checkpoints")
+  older, newest = ckpts.steps()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          ckpts.manager.item_metadata(newest)["state"])  # the whole train state, any optimizer
+  files = [p for p in (work / "checkpoints" / str(newest) / "state").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # a truncated write
+  with caplog.at_level("WARNING"):
+    state, data, average = ckpts.restore(abstract)
+  assert f"checkpoint {work / 'checkpoints'}/{newest} cannot be read" in caplog.text
+  assert (work / "checkpoints" / f"{newest}.corrupt").is_dir() and ckpts.steps() == [older]
+  assert int(state["step"]) == older and data["batches"] == {"step": older}
+  assert data["average_count"] == 1 and average is None  # no target given for the averaging sum
+  # Nothing readable left: one clear error.
+  for f in (work / "checkpoints" / str(older) / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+  with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    ckpts.restore(abstract)
+  ckpts.close()
+  # Export: the parameters of a checkpoint, without the optimizer state, as a loadable run directory.
+  out = export_params(uninterrupted, tmp_path / "export", step=older)
+  model, exported, tokenizer = load_run(out)
+  _assert_bitwise(exported, jax.device_get(state["params"]))
+  assert tokenizer.vocab_size == model.cfg.vocab_size > 50 and model.cfg.num_layers == 2
+  with pytest.raises(CheckpointError, match="no checkpoint of step 7"):
+    export_params(uninterrupted, tmp_path / "export", step=7)
+
+
+def test_restore_onto_another_mesh(tmp_path):
+  """A state trained and saved on 8 devices (2 x 2 x 2) restores onto 4 devices and onto 1, identical."""
+  import flax.linen as nn
+
+  from jaxformer.models import build_model
+  from jaxformer.parallel import RULES, make_mesh, shard_batch
+  from jaxformer.train.loop import model_config
+  from jaxformer.train.optim import make_optimizer
+  from jaxformer.train.step import init_train_state, make_train_step
+
+  config = load_config("char_lm", RUN)
+  cfg = model_config(config, 98)
+  model = build_model("decoder_only", cfg)
+  tx, schedule = make_optimizer(config.optim, cfg.d_model, config.train.steps)
+  batch = {k: np.random.default_rng(0).integers(1, 98, (16, 64)).astype(np.int32) for k in ("inputs", "targets")}
+
+  def setup(sizes, devices):
+    mesh = make_mesh(sizes, devices)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+      return mesh, *init_train_state(model, "decoder_only", tx, batch, 1, mesh)
+
+  mesh, state, shardings = setup({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    step = jax.jit(make_train_step(model, "decoder_only", tx, schedule), out_shardings=(shardings, None))
+    for _ in range(2):
+      state, _ = step(state, shard_batch(mesh, batch))
+  ckpts = Checkpoints(tmp_path)
+  ckpts.save(2, state, {"batches": {"step": 2}})
+  ckpts.close()
+  saved = jax.device_get(state)
+  for sizes, devices in [({"fsdp": 2, "tensor": 2}, jax.devices()[:4]), ({"data": 1}, jax.devices()[:1])]:
+    _, target, target_sh = setup(sizes, devices)
+    ckpts = Checkpoints(tmp_path)
+    restored, data, _ = ckpts.restore(abstract_like(target, target_sh))
+    ckpts.close()
+    assert data == {"batches": {"step": 2}, "average_count": 0} or data == {"batches": {"step": 2}}
+    kernel = restored.params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+    assert kernel.sharding == target_sh.params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+    assert len(kernel.sharding.device_set) == len(devices)
+    _assert_bitwise(jax.device_get(restored), saved)
+
+
+def test_packed_data_position_is_restored(tmp_path):
+  """A TFDS-packed LM: 4 steps, then the same run continued to 8, equals 8 straight (constant lr)."""
+  def config(steps):
+    c = load_config("char_lm", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
+                                "model.max_len=32", f"train.steps={steps}", "train.batch_size=8", "train.log_every=2",
+                                "train.eval_every=0", "train.eval_batches=1", "train.eval_batch_size=8",
+                                "train.tensorboard=false", "optim.schedule=constant", "optim.warmup_steps=0"])
+    with c.unlocked():
+      c.data = ml_collections.ConfigDict(dict(name="lm1b", vocab_size=90, seq_len=32))
+      del c["sample"]
+    return c
+
+  with tfds.testing.mock_data(num_examples=64):
+    train(config(8), tmp_path / "straight", progress=False)
+    train(config(4), tmp_path / "resumed", progress=False)
+    results = train(config(8), tmp_path / "resumed", progress=False)
+  assert results["resumed_from_step"] == 4
+  _assert_bitwise(_params(tmp_path / "resumed"), _params(tmp_path / "straight"))
+  state = ocp.CheckpointManager(tmp_path / "straight" / "checkpoints",
+                                item_handlers={"data": ocp.JsonCheckpointHandler()}).restore(
+      8, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+  assert state["batches"]["index"] > 8 * 8  # packed: more documents than rows were read
