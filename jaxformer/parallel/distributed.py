@@ -22,12 +22,12 @@ log = logging.getLogger("jaxformer.parallel")
 def initialize_distributed(dist_cfg=None) -> bool:
   """Join the process group when the config or the environment asks for it; returns whether it did.
   Must run before anything touches a JAX device."""
-  get = (lambda k, d: dist_cfg.get(k, d) or d) if dist_cfg is not None else (lambda k, d: d)
-  address = get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-  num = int(get("num_processes", 0) or os.environ.get("JAX_NUM_PROCESSES", 0))
-  pid = get("process_id", -1)
+  cfg = dist_cfg.to_dict() if hasattr(dist_cfg, "to_dict") else dict(dist_cfg or {})
+  address = cfg.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  num = int(cfg.get("num_processes") or os.environ.get("JAX_NUM_PROCESSES", 0))
+  pid = cfg.get("process_id")
   pid = int(os.environ.get("JAX_PROCESS_ID", -1)) if pid is None or pid < 0 else int(pid)
-  if not (address or get("initialize", False)):
+  if not (address or cfg.get("initialize")):
     return False
   if jax.distributed.is_initialized():
     return True

@@ -68,9 +68,14 @@ def load_run(workdir: str | Path):
                             "when `jaxformer train` ends); train first or check the path")
   meta = json.loads(meta_path.read_text())
   model = build_model(meta["model_kind"], TransformerConfig.from_dict(meta["model"]))
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(workdir / "params")
+  with ocp.StandardCheckpointer() as ckptr:  # onto this process's first device, whatever mesh saved it
+    params = ckptr.restore(workdir / "params", _on_one_device(ckptr.metadata(workdir / "params").item_metadata))
   return model, params, load_tokenizer(workdir / "tokenizer.json")
+
+
+def _on_one_device(metadata):
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
 class CheckpointError(RuntimeError):
@@ -143,9 +148,7 @@ class Checkpoints:
     step = self.steps()[-1] if step is None else step
     if step not in self.steps():
       raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; there are {self.steps()}")
-    meta = self.manager.item_metadata(step)["state"]["params"]
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)}
+    target = {"params": _on_one_device(self.manager.item_metadata(step)["state"]["params"])}
     args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                   partial_restore=True)
     return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]

@@ -29,20 +29,19 @@ TRAINING_MULTIPLIER = 3  # forward + backward (2x forward)
 MODEL_KINDS = ("decoder_only", "encoder_decoder", "encoder_classifier")
 
 
-def visible_fraction(seq_len: int, causal: bool, window: tuple[int | None, int | None] | None = None,
-                     kv_len: int | None = None) -> float:
-  """Exact number of visible (query, key) pairs over T·S, for T queries and S keys (S = T by default).
+def visible_fraction(seq_len: int, causal: bool, window: tuple[int | None, int | None] | None = None) -> float:
+  """Exact number of visible (query, key) pairs of self-attention over T² (T = seq_len).
 
   Same rule as `jaxformer.attention.MaskSpec`: key j is visible from query i iff j <= i (causal) and
-  i - left <= j <= i + right for window=(left, right) (None = unbounded on that side). Causal
-  self-attention: (T+1)/(2T).
+  i - left <= j <= i + right for window=(left, right) (None = unbounded on that side). Causal:
+  T(T+1)/2 pairs, a fraction (T+1)/(2T).
   """
   if window is not None and not isinstance(window, (tuple, list)):
     raise ValueError(f"window must be a (left, right) pair as in jaxformer.attention, got {window!r}")
-  T, S = seq_len, seq_len if kv_len is None else kv_len
+  T = seq_len
   i = np.arange(T, dtype=np.int64)
   lo = np.zeros(T, np.int64)
-  hi = np.full(T, S - 1, np.int64)
+  hi = np.full(T, T - 1, np.int64)
   if causal:
     hi = np.minimum(hi, i)
   if window is not None:
@@ -51,7 +50,7 @@ def visible_fraction(seq_len: int, causal: bool, window: tuple[int | None, int |
       lo = np.maximum(lo, i - left)
     if right is not None:
       hi = np.minimum(hi, i + right)
-  return float(np.maximum(hi - lo + 1, 0).sum()) / (T * S)
+  return float(np.maximum(hi - lo + 1, 0).sum()) / (T * T)
 
 
 def _attention_params(cfg: TransformerConfig) -> tuple[int, int]:

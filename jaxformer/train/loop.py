@@ -75,7 +75,7 @@ def _window_metrics(host: list[dict], first_step: int, elapsed: float) -> dict[s
   return avg
 
 
-def _prepare_workdir(workdir: Path, resume_step: int | None) -> None:
+def _prepare_workdir(workdir: Path, resume_step: int | None, clear_checkpoints: bool = False) -> None:
   """Resuming: drop the metrics logged after the checkpoint (they will be logged again). Starting anew:
   clear what an earlier run left, loudly."""
   workdir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def _prepare_workdir(workdir: Path, resume_step: int | None) -> None:
       path.write_text("".join(line + "\n" for line in keep))
     return
   stale = [workdir / n for n in ("metrics.jsonl", "tensorboard", "params", "results.json", "loss.png",
-                                  "data_state.json", "checkpoints")]
+                                  "data_state.json") + (("checkpoints",) if clear_checkpoints else ())]
   stale = [p for p in stale if p.exists()]
   if stale:
     log.warning("workdir %s holds an earlier run; replacing %s", workdir, [p.name for p in stale])
@@ -158,7 +158,8 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"], async_save=cc["async_save"])
   if not cc["resume"] and ckpts.steps():
     ckpts.close()
-    _prepare_workdir(workdir, None)
+    if main:
+      _prepare_workdir(workdir, None, clear_checkpoints=True)
     ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"],
                         async_save=cc["async_save"])
 

@@ -73,6 +73,19 @@ def test_visible_fraction_closed_forms():
     flops.visible_fraction(16, True, 4)
 
 
+def test_causal_and_window_count_only_visible_pairs():
+  kind, cfg = CONFIGS["gpt2"]
+  T, w = 32, 5
+  d_attn = cfg.num_heads * cfg.dim_per_head
+  full = flops.model_flops(cfg, kind, T, causal=False)
+  for causal, window, pairs in ((True, None, T * (T + 1) // 2),
+                                (True, (w, None), (T - w) * (w + 1) + w * (w + 1) // 2),
+                                (False, (w, w), sum(min(T - 1, i + w) - max(0, i - w) + 1 for i in range(T)))):
+    hidden = T * T - pairs
+    got = flops.model_flops(cfg, kind, T, causal=causal, window=window)
+    assert full - got == pytest.approx(3 * 4 * d_attn * cfg.num_layers * hidden)
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama", "aiayn"])
 def test_forward_and_backward_flops_match_xla(name):
   """XLA's cost analysis of the compiled forward (and of its gradient) against the formula with
