@@ -163,6 +163,26 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
   return {k: put(v) for k, v in batch.items()}
 
 
+def common_shape(mesh: Mesh, batch: dict, multiple: int = 1) -> dict:
+  """Length-bucketed batches vary in shape: pad rows (all padding, so weight 0) up to a multiple of this
+  process's batch shards (times `multiple`, e.g. the gradient-accumulation steps) and, with several
+  processes, every array to the largest shape any process built for this step (one small host
+  all-gather), so the global batch is well formed whatever each process read."""
+  step = max(1, batch_shards(mesh) // jax.process_count()) * multiple
+  keys = sorted(batch)
+  shapes = np.array([(batch[k].shape + (1,))[:2] for k in keys])  # [keys, 2]: rows, length (1 for [B] arrays)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    shapes = np.max(multihost_utils.process_allgather(shapes), axis=0)
+  shapes[:, 0] = -(-shapes[:, 0] // step) * step
+  out = {}
+  for k, shape in zip(keys, shapes):
+    x = batch[k]
+    pad = [(0, int(n) - d) for n, d in zip(shape[:x.ndim], x.shape[:2])] + [(0, 0)] * (x.ndim - 2)
+    out[k] = np.pad(x, pad)
+  return out
+
+
 def put_global_batch(mesh: Mesh, batch: dict) -> dict:
   """A batch that every process holds whole (evaluation batches): rows split over the mesh when they
   divide, else replicated."""

@@ -27,7 +27,7 @@ from jaxformer.decode import generate_sliding
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.parallel import RULES, check_batch, initialize_distributed, is_main_process, make_mesh
-from jaxformer.parallel.mesh import put_global_batch, shard_batch
+from jaxformer.parallel.mesh import common_shape, put_global_batch, shard_batch
 from jaxformer.train.checkpoint import Checkpoints, abstract_like, save_params, write_run_info
 from jaxformer.train.evaluate import evaluate, exact_match, translation_bleu
 from jaxformer.train.metrics import MetricWriter, plot_loss_curves
@@ -193,6 +193,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
       data_state = {"batches": batches.get_state(), "average_count": average.count}
       ckpts.save(step, state, data_state, average=average.sum, eval_loss=eval_loss)
 
+    variable_shapes = config.data.get("batching") == "bucket"  # one shape per length bucket
     writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
     pending, window_start, compile_s = [], time.time(), None
     bar = tqdm(range(start, tc.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
@@ -200,7 +201,10 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     try:  # whatever stops the loop, the checkpoints being written are finished first
       with _StopSignals() as signals:
         for step in bar:
-          state, metrics = train_step(state, shard_batch(mesh, next(batches)))
+          batch = next(batches)
+          if variable_shapes:
+            batch = common_shape(mesh, batch, tc.grad_accum)
+          state, metrics = train_step(state, shard_batch(mesh, batch))
           average.maybe_add(step + 1, state.params)
           pending.append(metrics)
           done, ev = step + 1, None

@@ -100,3 +100,15 @@ def test_impossible_mesh_fails_before_anything_is_built(tmp_path, monkeypatch):
     loop.train(load_config("char_lm", ["mesh.data=3"]), tmp_path, progress=False)
   with pytest.raises(MeshError, match="train.batch_size=12"):
     loop.train(load_config("char_lm", ["mesh.data=8", "train.batch_size=12"]), tmp_path, progress=False)
+
+
+def test_common_shape_pads_rows_with_padding_only():
+  from jaxformer.parallel.mesh import common_shape
+
+  mesh = make_mesh({"data": 4, "fsdp": 2})
+  batch = {"inputs": np.arange(1, 31).reshape(3, 10), "targets": np.ones((3, 7), np.int32), "label": np.ones(3)}
+  out = common_shape(mesh, batch, multiple=2)
+  assert out["inputs"].shape == (16, 10) and out["targets"].shape == (16, 7) and out["label"].shape == (16,)
+  np.testing.assert_array_equal(out["inputs"][:3], batch["inputs"])
+  assert not out["inputs"][3:].any() and not out["targets"][3:].any()  # added rows are padding (weight 0)
+  shard_batch(mesh, out)  # now splits over the 8 devices

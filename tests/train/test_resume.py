@@ -185,3 +185,34 @@ def test_packed_data_position_is_restored(tmp_path):
                                 item_handlers={"data": ocp.JsonCheckpointHandler()}).restore(
       8, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
   assert state["batches"]["index"] > 8 * 8  # packed: more documents than rows were read
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
+  """The loss turns NaN at step 6: checkpoint 4 stays the newest, nothing is saved from the bad state."""
+  import jax.numpy as jnp
+
+  from jaxformer.train import loop
+
+  make = loop.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def step(state, batch):
+      new, metrics = step_fn(state, batch)
+      bad = state.step >= 5
+      new = new.replace(params=jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params))
+      return new, {**metrics, "loss": jnp.where(bad, jnp.nan, metrics["loss"])}
+    return step
+
+  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  config = load_config("char_lm", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
+                                   "model.max_len=32", "data.seq_len=32", "data.max_chars=60000", "train.steps=12",
+                                   "train.batch_size=8", "train.log_every=10", "train.eval_every=0",
+                                   "train.tensorboard=false", "checkpoint.every=4"])
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite loss or gradient at step 6:"):
+    train(config, tmp_path, progress=False)
+  ckpts = Checkpoints(tmp_path / "checkpoints")
+  assert ckpts.steps() == [4]
+  assert np.isfinite(ckpts.restore_params()["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]).all()
+  ckpts.close()
