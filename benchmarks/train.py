@@ -93,6 +93,7 @@ def train_modules():
     package.__path__ = [str(ROOT / "jaxformer" / "train")]
     sys.modules["jaxformer.train"] = package
     flops, optim, step = (importlib.import_module(f"jaxformer.train.{name}") for name in ("flops", "optim", "step"))
+    importlib.import_module("jaxformer.train.checkpoint")  # for --checkpoint
   return flops, optim, step
 
 
@@ -180,41 +181,42 @@ def percentile(xs, q: float) -> float:
 
 
 def checkpoint_stall(state, step, batches, directory: str, normal_s: float, max_steps: int = 500) -> dict:
-  """Saves `state` asynchronously (orbax CheckpointManager, StandardSave) three times: while training on
-  (the first save also pays one-time setup), then waiting at once with the loop idle (the writer alone),
-  then while training on again. Per save: how long `save()` blocked the loop, when the files were complete
-  (`wait_until_finished`; while training, known to within one step: the loop asks after each step), and
-  the steps that ran meanwhile. Checks that the restored checkpoint equals the state that was saved (the
-  steps after `save()` donate that state's buffers)."""
+  """Saves `state` asynchronously with the training loop's own `Checkpoints` (orbax CheckpointManager)
+  three times: while training on (the first save also pays one-time setup), then waiting at once with
+  the loop idle (the writer alone), then while training on again. Per save: how long `save()` blocked
+  the loop, when the files were complete (while training, known to within one step: the loop asks after
+  each step), and the steps that ran meanwhile. Checks that the restored checkpoint equals the state
+  that was saved (the steps after `save()` donate that state's buffers)."""
   import jax
   import numpy as np
-  import orbax.checkpoint as ocp
 
-  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, max_to_keep=1)
+  from jaxformer.train.checkpoint import Checkpoints, abstract_like
+
   saves = []
-  with ocp.CheckpointManager(directory, options=options) as manager:
-    for train_on in (True, False, True):
-      saved_step = int(state.step)
-      expected = jax.device_get(state)  # host copy of what is being saved, for the check below
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-      t0 = time.perf_counter()
-      manager.save(saved_step, args=ocp.args.StandardSave(state))
-      blocked = time.perf_counter() - t0
-      during = []
-      while train_on and manager.is_saving_in_progress() and len(during) < max_steps:
-        state, times = run_steps(state, step, batches, 1)
-        during += times
-      t1 = time.perf_counter()
-      manager.wait_until_finished()
-      finished, waited = time.perf_counter() - t0, time.perf_counter() - t1
-      restored = manager.restore(saved_step, args=ocp.args.StandardRestore(abstract))
-      same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(restored)))
-      size = sum(f.stat().st_size for f in Path(directory, str(saved_step)).rglob("*") if f.is_file())
-      lost = blocked + waited + sum(during) - len(during) * normal_s if train_on else None
-      saves.append(dict(train_on=train_on, blocked=blocked, finished=finished, waited=waited, during=during,
-                        lost=lost, same=same, bytes=size))
-      del expected, restored
-      state, _ = run_steps(state, step, batches, 2)
+  ckpts = Checkpoints(directory, keep=1)
+  for train_on in (True, False, True):
+    saved_step = int(state.step)
+    expected = jax.device_get(state)  # host copy of what is being saved, for the check below
+    abstract = abstract_like(state, jax.tree.map(lambda x: x.sharding, state))
+    t0 = time.perf_counter()
+    ckpts.save(saved_step, state, {"batches": {"step": saved_step}})
+    blocked = time.perf_counter() - t0
+    during = []
+    while train_on and ckpts.manager.is_saving_in_progress() and len(during) < max_steps:
+      state, times = run_steps(state, step, batches, 1)
+      during += times
+    t1 = time.perf_counter()
+    ckpts.wait()
+    finished, waited = time.perf_counter() - t0, time.perf_counter() - t1
+    restored = ckpts.restore(abstract, step=saved_step)[0]
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(restored)))
+    size = sum(f.stat().st_size for f in Path(directory, str(saved_step)).rglob("*") if f.is_file())
+    lost = blocked + waited + sum(during) - len(during) * normal_s if train_on else None
+    saves.append(dict(train_on=train_on, blocked=blocked, finished=finished, waited=waited, during=during,
+                      lost=lost, same=same, bytes=size))
+    del expected, restored
+    state, _ = run_steps(state, step, batches, 2)
+  ckpts.close()
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   return dict(saves=saves, state_bytes=state_bytes, normal_s=normal_s, state=state)
 
@@ -225,7 +227,7 @@ def checkpoint_table(r: dict) -> list[str]:
   titles = ["save 1, training on (+ one-time setup)", "save 2, then wait (loop idle)", "save 3, training on"]
   lines = ["| | " + " | ".join(titles[:len(saves)]) + " |", "|---|" + "---|" * len(saves)]
   rows = {
-      "`manager.save()` returned after (loop blocked)": [ms(s["blocked"]) for s in saves],
+      "`Checkpoints.save()` returned after (loop blocked)": [ms(s["blocked"]) for s in saves],
       "files complete after (from the save call)": [ms(s["finished"]) for s in saves],
       "steps run while writing": [str(len(s["during"])) if s["train_on"] else "–" for s in saves],
       "step time while writing, median / max": [

@@ -17,8 +17,6 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from jaxformer.data.tokenizers import load_tokenizer, save_tokenizer
-from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 
 log = logging.getLogger("jaxformer.checkpoint")
@@ -26,6 +24,7 @@ log = logging.getLogger("jaxformer.checkpoint")
 
 def write_run_info(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig, tokenizer) -> None:
   """model.json and tokenizer.json: what turns a parameter checkpoint into a usable model."""
+  from jaxformer.data.tokenizers import save_tokenizer  # (imported here: the checkpoints need no data stack)
   workdir = Path(workdir)
   (workdir / "model.json").write_text(json.dumps({"model_kind": model_kind, "model": model_cfg.to_dict()}, indent=1))
   save_tokenizer(tokenizer, workdir / "tokenizer.json")
@@ -61,6 +60,8 @@ def _sync(name: str) -> None:
 
 def load_run(workdir: str | Path):
   """Returns (model, params, tokenizer) of a run saved by `save_run`."""
+  from jaxformer.data.tokenizers import load_tokenizer
+  from jaxformer.models import build_model
   workdir = Path(workdir).resolve()
   meta_path = workdir / "model.json"
   if not meta_path.is_file() or not (workdir / "params").is_dir():
