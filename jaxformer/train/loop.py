@@ -210,7 +210,9 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
           done, ev = step + 1, None
           last = done == tc.steps
           stop = signals.check(done)
-          save_now = last or (cc["every"] and done % cc["every"] == 0) or stop
+          evaluating = tc.eval_every and (done % tc.eval_every == 0 or last)
+          # keep_best ranks checkpoints by eval loss, so every evaluated step is then saved as well
+          save_now = last or (cc["every"] and done % cc["every"] == 0) or stop or (cc["keep_best"] and evaluating)
           if step == start or done % tc.log_every == 0 or last or save_now:
             host = jax.device_get(pending)  # the only host sync of the loop (and before every checkpoint)
             if step == start:  # the first step pays for compilation: no throughput for it
@@ -221,7 +223,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
             writer.write(done, "train", avg)
             bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
             pending, window_start = [], time.time()
-          if tc.eval_every and (done % tc.eval_every == 0 or last):
+          if evaluating:
             ev = evaluate(eval_step, state.params, eval_set)
             writer.write(done, "eval", ev)
             if main:

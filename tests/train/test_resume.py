@@ -216,3 +216,17 @@ def test_nan_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, monke
   assert ckpts.steps() == [4]
   assert np.isfinite(ckpts.restore_params()["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]).all()
   ckpts.close()
+
+
+def test_keep_last_and_best(tmp_path):
+  config = load_config("char_lm", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
+                                   "model.max_len=32", "data.seq_len=32", "data.max_chars=60000", "train.steps=12",
+                                   "train.batch_size=8", "train.log_every=4", "train.eval_every=2", "train.eval_batches=1",
+                                   "train.eval_batch_size=8", "train.tensorboard=false", "optim.lr=0.05",
+                                   "checkpoint.every=0", "checkpoint.keep=1", "checkpoint.keep_best=2"])
+  train(config, tmp_path, progress=False)
+  evals = {r["step"]: r["nll"] for r in read_metrics(tmp_path) if r["split"] == "eval"}
+  best = sorted(evals, key=evals.get)[:2]
+  ckpts = Checkpoints(tmp_path / "checkpoints")
+  assert set(ckpts.steps()) == set(best) | {12}
+  ckpts.close()
