@@ -5,10 +5,14 @@ Near-Infinite Context". The sequence axis T is split over the `n` devices of a
 mesh axis; each device keeps its C = T/n queries and passes its key/value chunk
 around the ring, so after n steps every query has met every key. Partial
 results are merged exactly with their log-sum-exp, so the output equals plain
-attention up to float32 rounding.
+attention up to float32 rounding. The backward pass (a custom VJP) passes the
+K/V chunks around the ring again, together with their dK/dV accumulators, and
+recomputes probabilities from the saved lse, so training memory stays O(T/n).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -22,6 +26,9 @@ from jaxformer.attention import attention
 
 log = logging.getLogger("jaxformer.parallel")
 _logged: set[str] = set()
+# Gradients from the ring custom VJP (O(T/n) memory). False: plain autodiff through the forward loop, which keeps
+# every step's K/V chunk as a residual (O(T)); read at call time, kept for tests that compare the two.
+_CUSTOM_VJP = True
 
 
 def _log_once(message: str) -> None:
@@ -61,9 +68,115 @@ def _merge(out, lse, part_out, part_lse):
   live = denom > 0
   safe = jnp.where(live, denom, 1.0)
   new_lse = jnp.where(live, m + jnp.log(safe), -jnp.inf)
-  to_bcn = lambda x: (x / safe).transpose(0, 2, 1)[..., None]  # [B,N,C] -> [B,C,N,1]
-  new_out = to_bcn(w) * out + to_bcn(part_w) * part_out.astype(jnp.float32)
+  new_out = _bcn(w / safe) * out + _bcn(part_w / safe) * part_out.astype(jnp.float32)
   return new_out, new_lse
+
+
+def _bcn(x):
+  """[B,N,C] -> [B,C,N,1], to scale [B,C,N,H] rows."""
+  return x.transpose(0, 2, 1)[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ring:
+  """The static description of one ring (hashable: the custom VJP's non-differentiable argument)."""
+  axis: str
+  n: int  # devices on the ring
+  chunk: int  # C = T/n
+  causal: bool
+  scale: float
+  implementation: str | tuple[str, ...] | None
+
+  @property
+  def perm(self):
+    return [(i, (i + 1) % self.n) for i in range(self.n)]  # after s steps, device `my` holds the chunk of my - s
+
+
+def _attend(cfg: _Ring, q, q_seg, kv, step):
+  """This device's queries against the K/V chunk that started on device src = (my - step) mod n: (out, lse).
+  step None is the diagonal chunk (src = my, static q_offset 0)."""
+  k, v, kv_seg = kv
+  offset = 0
+  if cfg.causal and step is not None:  # query position my·C + i, key position src·C + j
+    my = lax.axis_index(cfg.axis)
+    offset = (my - (my - step) % cfg.n) * cfg.chunk
+  return attention(q, k, v, causal=cfg.causal, segment_ids=None if q_seg is None else (q_seg, kv_seg),
+                   scale=cfg.scale, q_offset=offset, implementation=cfg.implementation, return_lse=True)
+
+
+def _ring_forward(cfg: _Ring, q, k, v, q_seg, kv_seg):
+  """Per-device forward: (out [B,C,N,H] q.dtype, lse [B,N,C] float32) over all n chunks."""
+  n, perm = cfg.n, cfg.perm
+
+  def step(carry, s):
+    kv, out, lse = carry
+    nxt = lax.ppermute(kv, cfg.axis, perm)  # independent of this step's compute, so the transfer can overlap it
+    out, lse = _merge(out, lse, *_attend(cfg, q, q_seg, kv, s))
+    return (nxt, out, lse), None
+
+  kv = lax.ppermute((k, v, kv_seg), cfg.axis, perm)
+  out, lse = _attend(cfg, q, q_seg, (k, v, kv_seg), None)
+  out = out.astype(jnp.float32)
+  if n > 2:
+    (kv, out, lse), _ = lax.scan(step, (kv, out, lse), jnp.arange(1, n - 1))
+  out, lse = _merge(out, lse, *_attend(cfg, q, q_seg, kv, n - 1))
+  return out.astype(q.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ring(cfg: _Ring, q, k, v, q_seg, kv_seg):
+  return _ring_forward(cfg, q, k, v, q_seg, kv_seg)[0]
+
+
+def _ring_fwd(cfg: _Ring, q, k, v, q_seg, kv_seg):
+  out, lse = _ring_forward(cfg, q, k, v, q_seg, kv_seg)
+  return out, (q, k, v, q_seg, kv_seg, out, lse)  # local chunks only: O(T/n)
+
+
+def _ring_bwd(cfg: _Ring, residuals, d_out):
+  """Ring backward (FlashAttention-2 style): K/V circulate again, each with its dK/dV accumulator.
+
+  The output is out = Σ_i w_i out_i with w_i = exp(lse_i - lse) (the merge), so chunk i receives the cotangents
+  d out_i = w_i dO and d lse_i = w_i (rowsum(dO ∘ out_i) - D), D = rowsum(dO ∘ out). Fed to the backend's VJP
+  (which recomputes out_i, lse_i and uses Δ_i = rowsum(d out_i ∘ out_i) - d lse_i = w_i D), this gives
+  dS = exp(S - lse_i) w_i (dP - D) = exp(S - lse)(dP - D): exactly the global-lse backward, chunk by chunk.
+  Rows that see no key (lse = -inf) have w_i = 0, so zero cotangents and zero gradients.
+  """
+  q, k, v, q_seg, kv_seg, out, lse = residuals
+  n, perm, f32 = cfg.n, cfg.perm, jnp.float32
+  d_out = d_out.astype(f32)
+  delta = jnp.sum(d_out * out.astype(f32), axis=-1).transpose(0, 2, 1)  # D = rowsum(dO ∘ O) [B,N,C]
+  lse = jnp.where(jnp.isfinite(lse), lse, 0.0)  # a row with lse = -inf has every lse_i = -inf, so w_i = 0
+
+  def grads(kv, step):
+    """(dq, dk, dv) in float32 of this device's queries against the visiting chunk."""
+    (part_out, part_lse), vjp = jax.vjp(lambda q, k, v: _attend(cfg, q, q_seg, (k, v, kv[2]), step), q, *kv[:2])
+    w = jnp.exp(part_lse - lse)  # the chunk's weight in the merge; 0 where it sees no key (future chunks too)
+    d_part = (_bcn(w) * d_out).astype(part_out.dtype)
+    d_lse = jnp.sum(d_part.astype(f32) * part_out.astype(f32), axis=-1).transpose(0, 2, 1) - w * delta
+    return tuple(g.astype(f32) for g in vjp((d_part, d_lse)))
+
+  def add(a, b):
+    return tuple(x + y for x, y in zip(a, b))
+
+  def step(carry, s):
+    kv, dkv, dq = carry  # the chunk of device my - s and its dK/dV accumulated on devices my - s .. my - 1
+    nxt = lax.ppermute(kv, cfg.axis, perm)  # independent of this step's compute
+    gq, *gkv = grads(kv, s)
+    dkv = lax.ppermute(add(dkv, gkv), cfg.axis, perm)
+    return (nxt, dkv, dq + gq), None
+
+  dq, *dkv = grads((k, v, kv_seg), None)
+  kv = lax.ppermute((k, v, kv_seg), cfg.axis, perm)
+  dkv = lax.ppermute(tuple(dkv), cfg.axis, perm)
+  if n > 2:
+    (kv, dkv, dq), _ = lax.scan(step, (kv, dkv, dq), jnp.arange(1, n - 1))
+  gq, *gkv = grads(kv, n - 1)
+  dk, dv = lax.ppermute(add(dkv, gkv), cfg.axis, perm)  # the chunk of device my + 1, complete: send it home
+  return (dq + gq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: float | None = None, mesh=None,
@@ -78,17 +191,23 @@ def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: fl
   `jaxformer.attention.attention(implementation=...)`, passes the chunk on with `lax.ppermute`, and merges
   the n partial results by log-sum-exp in float32.
 
-  Costs per device: O(T/n) memory for K/V in the forward pass and n-1 ppermutes of one K/V chunk (plus its
-  segment ids), each independent of the step's compute so XLA can overlap the two. Gradients come from
-  ordinary autodiff through the loop (ppermute transposes to the reverse ring); autodiff keeps every step's
-  K/V chunk and partial output as residuals, so training holds O(T) of K/V per device (a custom VJP that
-  circulates K/V again in the backward pass would bring it back to O(T/n)).
+  Costs per device: O(T/n) memory for K/V in both passes. The forward does n-1 ppermutes of one K/V chunk
+  (plus its segment ids), each independent of the step's compute so XLA can overlap the two. Gradients come
+  from a custom VJP (FlashAttention-2 style ring backward): the forward saves only the local q, k, v, segment
+  ids, out and lse; the backward forms D = rowsum(dO ∘ out), circulates K/V again (n-1 ppermutes, overlapped
+  like the forward) and with each chunk its dK/dV accumulator in float32 (n ppermutes: n-1 around the ring,
+  one more to bring each complete dK/dV home), adding at every step this device's dq and the chunk's dK/dV.
+  Each chunk's share comes from the backend's own VJP with cotangents (w dO, w (rowsum(dO ∘ out_i) - D)),
+  w = exp(lse_i - lse), which gives the probabilities exp(S - lse) of the global lse: gradients are exact
+  (to rounding), with O(T/n) memory per device, at the cost of recomputing each chunk's forward. The
+  backend's VJP must honour an lse cotangent (all backends that return lse do). Being a custom VJP, it does
+  not support forward-mode autodiff (jvp) or second derivatives.
 
   causal: a query at global position i sees keys j <= i. The chunk from device src gets q_offset
-  (my - src)·C; chunks entirely in the future give lse = -inf and add nothing (the blockwise backend
-  iterates over no key block for them). There is no striping, so the causal load is unbalanced: the device
-  holding the last chunk attends to all n chunks, the first only to its own, and the ring waits for the
-  slowest (striped ring attention would even it out).
+  (my - src)·C; chunks entirely in the future give lse = -inf and add nothing, in either pass (the
+  blockwise backend iterates over no key block for them). There is no striping, so the causal load is
+  unbalanced: the device holding the last chunk attends to all n chunks, the first only to its own, and the
+  ring waits for the slowest (striped ring attention would even it out).
   segment_ids: [B,T] or a ([B,T], [B,T]) pair (packed sequences; segments may span chunk boundaries).
   Query rows that can see no key return zeros, never NaN. With no mesh, or an axis of size 1, this is a
   plain `attention` call. Meshes with Explicit axes work too (the inputs are resharded to the in_specs).
@@ -130,35 +249,9 @@ def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: fl
     heads = None
   batch_spec = batch or None
   qkv_spec, seg_spec = P(batch_spec, axis, heads, None), P(batch_spec, axis)
-  C = T // n
-  perm = [(i, (i + 1) % n) for i in range(n)]  # after s steps, device `my` holds the chunk of device my - s
-
-  def local(q, k, v, q_seg, kv_seg):
-    my = lax.axis_index(axis)
-
-    def chunk(kv, step):
-      """This device's queries against the K/V chunk that started on device src = (my - step) mod n."""
-      k, v, kv_seg = kv
-      offset = 0  # the diagonal chunk (step None): src = my
-      if causal and step is not None:  # query position my·C + i, key position src·C + j
-        offset = (my - (my - step) % n) * C
-      return attention(q, k, v, causal=causal, segment_ids=None if q_seg is None else (q_seg, kv_seg), scale=scale,
-                       q_offset=offset, implementation=implementation, return_lse=True)
-
-    def step(carry, s):
-      kv, out, lse = carry
-      nxt = lax.ppermute(kv, axis, perm)  # independent of this step's compute, so the transfer can overlap it
-      out, lse = _merge(out, lse, *chunk(kv, s))
-      return (nxt, out, lse), None
-
-    kv = lax.ppermute((k, v, kv_seg), axis, perm)
-    out, lse = chunk((k, v, kv_seg), None)  # the diagonal chunk: src = my, q_offset 0
-    out = out.astype(jnp.float32)
-    if n > 2:
-      (kv, out, lse), _ = lax.scan(step, (kv, out, lse), jnp.arange(1, n - 1))
-    out, _ = _merge(out, lse, *chunk(kv, n - 1))
-    return out.astype(q.dtype)
-
+  impl = tuple(implementation) if isinstance(implementation, (list, tuple)) else implementation
+  cfg = _Ring(axis=axis, n=n, chunk=T // n, causal=bool(causal), scale=float(scale), implementation=impl)
+  local = functools.partial(_ring, cfg) if _CUSTOM_VJP else (lambda *xs: _ring_forward(cfg, *xs)[0])
   if q_seg is None:
     fn = lambda q, k, v: local(q, k, v, None, None)
     args, in_specs = (q, k, v), (qkv_spec,) * 3
