@@ -18,6 +18,10 @@ import logging
 import os
 from pathlib import Path
 
+import jax
+
+from jaxformer.parallel.distributed import sync
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 log = logging.getLogger("jaxformer.data")
 
@@ -211,17 +215,24 @@ def sentencepiece_tokenizer(texts, vocab_size: int, cache_dir: str | Path | None
   text iterable, called only when training is needed."""
   digest = hashlib.sha256(json.dumps([key, vocab_size, sorted(train_kw.items())]).encode()).hexdigest()[:12]
   path = Path(cache_dir) / f"spm-{digest}.model" if cache_dir else None
+  shared = path is not None and jax.process_count() > 1  # several hosts, one workdir: process 0 trains
+  if shared and jax.process_index() != 0:
+    sync(f"jaxformer_spm_{digest}")
+    return SentencePieceTokenizer.load(path)
   if path is not None and path.is_file():
     log.info("reusing the SentencePiece vocabulary %s", path)
-    return SentencePieceTokenizer.load(path)
-  log.info("training a SentencePiece vocabulary of %d pieces (%s)", vocab_size, key)
-  tok = train_sentencepiece(texts(), vocab_size, **train_kw)
-  if path is not None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(tok.model_proto)
-    tmp.replace(path)  # never a half-written model at the cached name
-    log.info("saved the SentencePiece vocabulary to %s", path)
+    tok = SentencePieceTokenizer.load(path)
+  else:
+    log.info("training a SentencePiece vocabulary of %d pieces (%s)", vocab_size, key)
+    tok = train_sentencepiece(texts(), vocab_size, **train_kw)
+    if path is not None:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix(".tmp")
+      tmp.write_bytes(tok.model_proto)
+      tmp.replace(path)  # never a half-written model at the cached name
+      log.info("saved the SentencePiece vocabulary to %s", path)
+  if shared:
+    sync(f"jaxformer_spm_{digest}")
   return tok
 
 

@@ -23,6 +23,10 @@ def initialize_distributed(dist_cfg=None) -> bool:
   """Join the process group when the config or the environment asks for it; returns whether it did.
   Must run before anything touches a JAX device."""
   cfg = dist_cfg.to_dict() if hasattr(dist_cfg, "to_dict") else dict(dist_cfg or {})
+  unknown = set(cfg) - {"coordinator_address", "num_processes", "process_id", "initialize"}
+  if unknown:
+    raise ValueError(f"unknown distributed settings {sorted(unknown)}; known: coordinator_address, num_processes, "
+                     "process_id, initialize")
   address = cfg.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   num = int(cfg.get("num_processes") or os.environ.get("JAX_NUM_PROCESSES", 0))
   pid = cfg.get("process_id")
@@ -44,6 +48,13 @@ def initialize_distributed(dist_cfg=None) -> bool:
   log.info("process %d of %d; %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
   return True
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op with one): e.g. after process 0 wrote a file the others read."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def is_main_process() -> bool:

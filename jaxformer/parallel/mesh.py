@@ -86,18 +86,23 @@ def batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def check_batch(mesh: Mesh, batch_size: int, grad_accum: int = 1, seq_len: int | None = None) -> None:
-  """Fail before compilation when the batch cannot be split over the mesh."""
+def check_batch(mesh: Mesh, batch_size: int | None, grad_accum: int = 1, seq_len: int | None = None) -> None:
+  """Fail before compilation when the batch cannot be split over the mesh (batch_size None: the rows
+  vary per batch, as with length bucketing, and are padded to fit)."""
   shards = batch_shards(mesh)
+  if shards % jax.process_count():
+    raise MeshError(f"data x fsdp = {shards} does not split over {jax.process_count()} processes: each process "
+                    "feeds its own block of batch rows, so put the `tensor` / `sequence` axes within a host "
+                    "and give data x fsdp a multiple of the process count")
+  n = mesh.shape["sequence"]
+  if seq_len is not None and seq_len % n:
+    raise MeshError(f"sequence length {seq_len} does not split over mesh.sequence={n}")
+  if batch_size is None:
+    return
   if batch_size % grad_accum or (batch_size // grad_accum) % shards:
     raise MeshError(f"train.batch_size={batch_size} (with train.grad_accum={grad_accum}) does not split over "
                     f"data x fsdp = {shards} devices: each micro-batch of {batch_size // max(grad_accum, 1)} rows "
                     f"must be a multiple of {shards}")
-  if batch_size % jax.process_count():
-    raise MeshError(f"train.batch_size={batch_size} does not split over {jax.process_count()} processes")
-  n = mesh.shape["sequence"]
-  if seq_len is not None and seq_len % n:
-    raise MeshError(f"sequence length {seq_len} does not split over mesh.sequence={n}")
 
 
 def spec_for(mesh: Mesh, names, shape) -> P:
@@ -123,19 +128,21 @@ def tree_shardings(mesh: Mesh, logical_specs, abstract_tree):
                       logical_specs, abstract_tree, is_leaf=lambda n: isinstance(n, P) or n is None)
 
 
-def state_shardings(mesh: Mesh, abstract_state, param_shardings):
+def state_shardings(mesh: Mesh, abstract_state, param_shardings, abstract_params):
   """Shardings for a train state: every leaf that mirrors a parameter (the params themselves, Adam's
   moments, averaging sums...) gets that parameter's sharding, found by the longest matching path
-  suffix and equal shape; everything else (step, counts, RNG) is replicated."""
-  by_path = {_path_key(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+  suffix and equal shape; everything else (step, counts, RNG, factored statistics) is replicated.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+  by_path = {_path_key(p): (s, x.shape) for (p, s), x in zip(flat, jax.tree.leaves(abstract_params))}
   replicated = NamedSharding(mesh, P())
 
   def pick(path, leaf):
     key = _path_key(path)
     for i in range(len(key)):
       if key[i:] in by_path:
-        s = by_path[key[i:]]
-        return s if len(s.spec) <= len(leaf.shape) else replicated
+        sharding, shape = by_path[key[i:]]
+        return sharding if tuple(shape) == tuple(leaf.shape) else replicated
     return replicated
 
   return jax.tree_util.tree_map_with_path(pick, abstract_state)

@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxformer.nn.config import TransformerConfig
+from jaxformer.parallel.distributed import sync as _sync
 
 log = logging.getLogger("jaxformer.checkpoint")
 
@@ -50,12 +51,6 @@ def save_run(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig,
   save_params(workdir, params)
   if jax.process_index() == 0:
     write_run_info(workdir, model_kind, model_cfg, tokenizer)
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def load_run(workdir: str | Path):
@@ -92,10 +87,12 @@ class Checkpoints:
   the files are written by a background thread (orbax writes into a temporary directory and renames it
   when complete, so a killed process leaves no half checkpoint that looks finished).
 
-  Kept: the last `keep` checkpoints plus the `keep_best` best by evaluation loss.
+  Kept: the last `keep` checkpoints plus the `keep_best` best by evaluation loss. `read_only` opens a
+  directory another process may be writing to (export): it never creates, cleans or deletes anything.
   """
 
-  def __init__(self, directory: str | Path, *, keep: int = 2, keep_best: int = 0, async_save: bool = True):
+  def __init__(self, directory: str | Path, *, keep: int = 2, keep_best: int = 0, async_save: bool = True,
+               read_only: bool = False):
     from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
     policies = [pp.LatestN(max(keep, 1))]
@@ -104,7 +101,7 @@ class Checkpoints:
                                keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True, create=True)
+        cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
     self.directory = Path(directory).resolve()
     handlers = dict(state=ocp.PyTreeCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                     average=ocp.PyTreeCheckpointHandler())
@@ -122,23 +119,36 @@ class Checkpoints:
 
   def restore(self, abstract_state, abstract_average=None, step: int | None = None):
     """The newest checkpoint that reads back whole (or exactly `step`): (state, data_state, average).
-    A checkpoint that fails to read is logged, moved aside to `<step>.corrupt` and the next older one
-    tried; returns None when there are none, raises CheckpointError when none is readable."""
+    A checkpoint that fails to read (on any process) is logged, moved aside to `<step>.corrupt` and the
+    next older one tried; returns None when there are none, raises CheckpointError when none is
+    readable, or at once when a checkpoint holds a different model or optimizer (nothing is moved)."""
     steps = [step] if step is not None else self.steps()[::-1]
     failures = []
     for s in steps:
+      error = None
       try:
+        saved = self.manager.item_metadata(s)["state"]
         data = self.manager.restore(s, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
-        items = dict(state=_restore_args(abstract_state))
-        if data.get("average_count") and abstract_average is not None:
-          items["average"] = _restore_args(abstract_average)
-        restored = self.manager.restore(s, args=ocp.args.Composite(**items))
-      except Exception as e:  # noqa: BLE001 - any read failure means: try the previous checkpoint
-        failures.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        log.warning("checkpoint %s/%d cannot be read (%s); trying an older one", self.directory, s, failures[-1])
-        self._set_aside(s)
-        continue
-      return restored["state"], data, restored.get("average") if "average" in items else None
+      except Exception as e:  # noqa: BLE001 - unreadable metadata: a damaged checkpoint
+        error, saved = e, None
+      if saved is not None and (mismatch := _mismatch(saved, abstract_state)):
+        raise CheckpointError(f"checkpoint {self.directory}/{s} holds a different model or optimizer than this "
+                              f"config ({mismatch}); use another --workdir, or --config.checkpoint.resume=false "
+                              "to start over in this one")
+      if error is None:
+        try:
+          items = dict(state=_restore_args(abstract_state))
+          if data.get("average_count") and abstract_average is not None:
+            items["average"] = _restore_args(abstract_average)
+          restored = self.manager.restore(s, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - any read failure means: try the previous checkpoint
+          error = e
+      if _everywhere(error is None):  # processes read different files: all must have read it
+        return restored["state"], data, restored.get("average") if "average" in items else None
+      reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else "another process failed"
+      failures.append(f"step {s}: {reason}")
+      log.warning("checkpoint %s/%d cannot be read (%s); trying an older one", self.directory, s, failures[-1])
+      self._set_aside(s)
     if failures:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(failures) +
                             ". Delete the directory to start over, or point --workdir elsewhere")
@@ -156,9 +166,12 @@ class Checkpoints:
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      path = self.directory / str(step)
+      path, n = self.directory / str(step), 0
+      while (target := path.with_name(f"{step}.corrupt" + (f"-{n}" if n else ""))).exists():
+        n += 1
       if path.exists():
-        path.rename(path.with_name(f"{step}.corrupt"))
+        path.rename(target)
+    _sync(f"jaxformer_set_aside_{step}")
     self.manager.reload()
 
   def wait(self) -> None:
@@ -166,6 +179,33 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _mismatch(saved_metadata, abstract_state) -> str | None:
+  """What differs between a checkpoint's train state and this run's: the parameters (names, shapes)
+  or, for the optimizer state and the rest, the shapes of all arrays."""
+  def shapes(tree):
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): tuple(x.shape)
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  params = getattr(abstract_state, "params", None)
+  if params is not None:
+    saved, wanted = shapes(saved_metadata["params"]), shapes(params)
+    if saved != wanted:
+      diff = sorted(set(saved.items()) ^ set(wanted.items()))[:3]
+      return f"parameters differ, e.g. {diff}"
+  saved, wanted = sorted(shapes(saved_metadata).values()), sorted(shapes(abstract_state).values())
+  if saved != wanted:
+    return f"the state holds {len(saved)} arrays, this run {len(wanted)} (another optimizer?)"
+  return None
+
+
+def _everywhere(ok: bool) -> bool:
+  """True when `ok` holds on every process."""
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _restore_args(abstract):
@@ -180,7 +220,7 @@ def export_params(workdir: str | Path, out: str | Path, step: int | None = None)
   if not (workdir / "model.json").is_file() or not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"{workdir} holds no training checkpoints (checkpoints/ and model.json); "
                             "pass the --workdir of a `jaxformer train` run")
-  ckpts = Checkpoints(workdir / "checkpoints")
+  ckpts = Checkpoints(workdir / "checkpoints", read_only=True)  # the run may still be writing
   try:
     if not ckpts.steps():
       raise CheckpointError(f"{workdir / 'checkpoints'} holds no finished checkpoint yet")

@@ -28,11 +28,11 @@ from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.parallel import RULES, check_batch, initialize_distributed, is_main_process, make_mesh
 from jaxformer.parallel.mesh import common_shape, put_global_batch, shard_batch
-from jaxformer.train.checkpoint import Checkpoints, abstract_like, save_params, write_run_info
+from jaxformer.train.checkpoint import CheckpointError, Checkpoints, abstract_like, save_params, write_run_info
 from jaxformer.train.evaluate import evaluate, exact_match, translation_bleu
 from jaxformer.train.metrics import MetricWriter, plot_loss_curves
 from jaxformer.train.optim import make_optimizer
-from jaxformer.train.step import init_train_state, make_eval_step, make_train_step
+from jaxformer.train.step import make_eval_step, make_train_step, plan_train_state
 
 log = logging.getLogger("jaxformer.train")
 _DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification"}
@@ -145,7 +145,9 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   workdir = Path(workdir)
   tc, cc = config.train, _checkpoint_settings(config)
   mesh = make_mesh(config.get("mesh"))
-  check_batch(mesh, tc.batch_size, tc.grad_accum)
+  variable_shapes = config.data.get("batching") == "bucket"  # rows and length vary with the length bucket
+  check_batch(mesh, None if variable_shapes else tc.batch_size, tc.grad_accum,
+              None if variable_shapes else config.data.get("seq_len"))
   main = is_main_process()
   ds = build_dataset(config.data, config.seed, cache_dir=workdir)
   if _DATA_FOR_MODEL.get(config.model_kind) != ds.kind:
@@ -165,15 +167,17 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     example = next(train_batches(ds, tc.batch_size // jax.process_count()))
-    state, state_sh = init_train_state(model, config.model_kind, tx, example, config.seed, mesh)
+    abstract, state_sh, init_state = plan_train_state(model, config.model_kind, tx, example, config.seed, mesh)
     average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
-    restored = ckpts.restore(abstract_like(state, state_sh), abstract_like(state.params, state_sh.params)) \
+    restored = ckpts.restore(abstract_like(abstract, state_sh), abstract_like(abstract.params, state_sh.params)) \
         if ckpts.steps() else None
     if restored is not None:
       state, data_state, average_sum = restored
-      batches.set_state(data_state["batches"])
+      batches.set_state(own_data_state(data_state))
       average.set(average_sum, data_state.get("average_count", 0))
       log.info("resumed from %s at step %d", ckpts.directory, int(state.step))
+    else:
+      state = init_state()
     start = int(state.step)
     if main:
       _prepare_workdir(workdir, start if restored is not None else None)
@@ -190,10 +194,23 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     eval_set = [put_global_batch(mesh, b) for b in ds.eval_batches(tc.eval_batches, tc.eval_batch_size)]
 
     def checkpoint(step, eval_loss=None):
-      data_state = {"batches": batches.get_state(), "average_count": average.count}
+      data_state = {"batches": batches.get_state(), "processes": all_data_states(batches.get_state()),
+                    "average_count": average.count}
       ckpts.save(step, state, data_state, average=average.sum, eval_loss=eval_loss)
 
-    variable_shapes = config.data.get("batching") == "bucket"  # one shape per length bucket
+    def flush():  # the only host sync of the loop: log the window's metrics, fail on a non-finite loss
+      nonlocal pending, window_start, compile_s
+      host = jax.device_get(pending)
+      first = not compile_s
+      if first:  # the first step pays for compilation: no throughput for it
+        compile_s = time.time() - window_start
+      avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
+      if first:
+        del avg["tokens_per_s"]
+      writer.write(done, "train", avg)
+      bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
+      pending, window_start = [], time.time()
+
     writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
     pending, window_start, compile_s = [], time.time(), None
     bar = tqdm(range(start, tc.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
@@ -209,27 +226,20 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
           pending.append(metrics)
           done, ev = step + 1, None
           last = done == tc.steps
-          stop = signals.check(done)
           evaluating = tc.eval_every and (done % tc.eval_every == 0 or last)
-          # keep_best ranks checkpoints by eval loss, so every evaluated step is then saved as well
-          save_now = last or (cc["every"] and done % cc["every"] == 0) or stop or (cc["keep_best"] and evaluating)
-          if step == start or done % tc.log_every == 0 or last or save_now:
-            host = jax.device_get(pending)  # the only host sync of the loop (and before every checkpoint)
-            if step == start:  # the first step pays for compilation: no throughput for it
-              compile_s = time.time() - window_start
-            avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
-            if step == start:
-              del avg["tokens_per_s"]
-            writer.write(done, "train", avg)
-            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
-            pending, window_start = [], time.time()
+          if step == start or done % tc.log_every == 0 or last:
+            flush()
           if evaluating:
             ev = evaluate(eval_step, state.params, eval_set)
             writer.write(done, "eval", ev)
             if main:
               bar.write(f"step {done:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
                         f"acc {ev['accuracy']:.4f}")
-          if save_now:
+          stop = signals.check(done)  # after the evaluation too: a signal during it is answered now
+          # keep_best ranks checkpoints by eval loss, so every evaluated step is then saved as well
+          if last or (cc["every"] and done % cc["every"] == 0) or stop or (cc["keep_best"] and evaluating):
+            if pending:
+              flush()  # never checkpoint a state whose loss was not checked
             checkpoint(done, ev["nll"] if ev else None)
           if stop and not last:
             raise Preempted(f"{stop} at step {done}: checkpoint saved in {ckpts.directory}; "
@@ -271,6 +281,28 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
       plot_loss_curves(workdir)
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
   return results
+
+
+def all_data_states(state: dict) -> list[dict]:
+  """Every process's iterator state (each reads its own shard, so the positions differ); the
+  checkpoint's JSON is written by process 0 alone, so it carries them all."""
+  if jax.process_count() == 1:
+    return [state]
+  from jax.experimental import multihost_utils
+  keys = sorted(state)
+  rows = multihost_utils.process_allgather(np.array([int(state[k]) for k in keys], np.int64))
+  return [dict(zip(keys, map(int, row))) for row in np.asarray(rows).reshape(jax.process_count(), len(keys))]
+
+
+def own_data_state(data_state: dict) -> dict:
+  """This process's iterator state from a checkpoint's data JSON."""
+  states = data_state.get("processes") or [data_state["batches"]]
+  if len(states) == jax.process_count():
+    return states[jax.process_index()]
+  if all(s == states[0] for s in states):  # e.g. generated tasks: the same position everywhere
+    return states[0]
+  raise CheckpointError(f"the checkpoint was written by {len(states)} processes reading different data shards; "
+                        f"resume it with {len(states)} processes (this run has {jax.process_count()})")
 
 
 _CHECKPOINT_DEFAULTS = dict(every=1000, keep=2, keep_best=0, async_save=True, resume=True)

@@ -32,24 +32,35 @@ def init_params(model, model_kind: str, batch: dict, seed: int):
   return nn.unbox(boxed)["params"], nn.get_partition_spec(boxed)["params"]
 
 
-def init_train_state(model, model_kind: str, tx, batch: dict, seed: int, mesh):
-  """The train state created directly in its shardings on `mesh` (no device ever holds the whole
-  state unless the mesh replicates it): parameters laid out by their logical axis names
-  (`parallel.RULES`), optimizer moments like their parameters. Returns (state, its shardings).
-  The values do not depend on the mesh (JAX's partitionable threefry RNG)."""
+def plan_train_state(model, model_kind: str, tx, batch: dict, seed: int, mesh):
+  """The train state's layout on `mesh`, computed without allocating it: (abstract state, its
+  shardings, `init()` that creates it). Parameters are laid out by their logical axis names
+  (`parallel.RULES`), optimizer moments like their parameters; `init()` creates everything directly
+  in its shardings (no device ever holds the whole state unless the mesh replicates it), with values
+  that do not depend on the mesh (JAX's partitionable threefry RNG). A resumed run restores into the
+  abstract state instead and never allocates a second copy."""
   from jaxformer.parallel import state_shardings, tree_shardings
 
   args = _model_args(model_kind, batch)
   key = jax.random.key(seed)
 
   def make(k):
-    return create_train_state(nn.unbox(model.init(k, *args))["params"], tx, seed)
+    with nn.logical_axis_rules(()):  # no constraints while initialising: the out_shardings place everything
+      return create_train_state(nn.unbox(model.init(k, *args))["params"], tx, seed)
 
-  with nn.logical_axis_rules(()):  # no constraints while initialising: the out_shardings place everything
+  with nn.logical_axis_rules(()):
     boxed = jax.eval_shape(lambda k: model.init(k, *args), key)
-    param_sh = tree_shardings(mesh, nn.get_partition_spec(boxed)["params"], nn.unbox(boxed)["params"])
-    state_sh = state_shardings(mesh, jax.eval_shape(make, key), param_sh).replace(params=param_sh)
-    return jax.jit(make, out_shardings=state_sh)(key), state_sh
+    abstract_params = nn.unbox(boxed)["params"]
+  param_sh = tree_shardings(mesh, nn.get_partition_spec(boxed)["params"], abstract_params)
+  abstract = jax.eval_shape(make, key)
+  state_sh = state_shardings(mesh, abstract, param_sh, abstract_params).replace(params=param_sh)
+  return abstract, state_sh, lambda: jax.jit(make, out_shardings=state_sh)(key)
+
+
+def init_train_state(model, model_kind: str, tx, batch: dict, seed: int, mesh):
+  """`plan_train_state`, created: (state, its shardings)."""
+  _, shardings, init = plan_train_state(model, model_kind, tx, batch, seed, mesh)
+  return init(), shardings
 
 
 def create_train_state(params, tx, seed: int) -> TrainState:
@@ -93,7 +104,8 @@ def _split_micro(batch: dict, n: int) -> dict:
     if x.shape[0] % n:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by train.grad_accum={n} (length-bucketed "
                        f"batches: set data.batch_multiple to a multiple of {n})")
-    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    # micro-batch i = rows i, i + n, ...: each keeps the batch's row sharding (all devices busy)
+    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
   return jax.tree.map(split, batch)
 
 

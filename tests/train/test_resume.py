@@ -1,6 +1,7 @@
 """Never lose work: a run killed (SIGKILL) or preempted (SIGTERM) in a real subprocess and restarted
 with the same command ends with bit-identical parameters; corrupt checkpoints are skipped; checkpoints
 restore onto other meshes; the data position is part of the checkpoint."""
+import json
 import os
 import random
 import signal
@@ -14,7 +15,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from jaxformer.config import load_config
 from jaxformer.train import load_run, train
@@ -63,9 +63,10 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_bit_for_bit(uninterrupted, tmp_path, sig):
-  step = random.Random(int(sig)).choice([40, 80, 120])
+@pytest.mark.parametrize("sig,after", [(signal.SIGKILL, random.Random(0).choice([40, 80, 120])),
+                                       (signal.SIGTERM, 200)])  # 200: inside the averaging window (200-240)
+def test_killed_run_resumes_bit_for_bit(uninterrupted, tmp_path, sig, after):
+  step = after
   proc = _cli(tmp_path)
   _wait_for_checkpoint(proc, tmp_path / "checkpoints", step)
   proc.send_signal(sig)
@@ -81,6 +82,7 @@ def test_killed_run_resumes_bit_for_bit(uninterrupted, tmp_path, sig):
   proc = _cli(tmp_path)  # the same command again
   out = proc.communicate()[0]
   assert proc.returncode == 0, out
+  assert json.loads((tmp_path / "results.json").read_text())["resumed_from_step"] == saved[-1]
   _assert_bitwise(_params(tmp_path), _params(uninterrupted))
   steps = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
   assert steps == sorted(set(steps)) and steps[-1] == 240  # the log continues without repeats
@@ -113,7 +115,11 @@ def test_corrupt_latest_checkpoint_is_skipped_and_export(uninterrupted, tmp_path
     ckpts.restore(abstract)
   ckpts.close()
   # Export: the parameters of a checkpoint, without the optimizer state, as a loadable run directory.
+  in_flight = uninterrupted / "checkpoints" / "280.orbax-checkpoint-tmp-1"  # a save the run is still writing
+  in_flight.mkdir()
   out = export_params(uninterrupted, tmp_path / "export", step=older)
+  assert in_flight.is_dir()  # the exporter opens the checkpoints read-only: it cleans nothing up
+  in_flight.rmdir()
   model, exported, tokenizer = load_run(out)
   _assert_bitwise(exported, jax.device_get(state["params"]))
   assert tokenizer.vocab_size == model.cfg.vocab_size > 50 and model.cfg.num_layers == 2
@@ -121,6 +127,7 @@ def test_corrupt_latest_checkpoint_is_skipped_and_export(uninterrupted, tmp_path
     export_params(uninterrupted, tmp_path / "export", step=7)
 
 
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
 def test_restore_onto_another_mesh(tmp_path):
   """A state trained and saved on 8 devices (2 x 2 x 2) restores onto 4 devices and onto 1, identical."""
   import flax.linen as nn
@@ -165,6 +172,8 @@ def test_restore_onto_another_mesh(tmp_path):
 
 def test_packed_data_position_is_restored(tmp_path):
   """A TFDS-packed LM: 4 steps, then the same run continued to 8, equals 8 straight (constant lr)."""
+  import tensorflow_datasets as tfds
+
   def config(steps):
     c = load_config("char_lm", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
                                 "model.max_len=32", f"train.steps={steps}", "train.batch_size=8", "train.log_every=2",
@@ -230,3 +239,30 @@ def test_keep_last_and_best(tmp_path):
   ckpts = Checkpoints(tmp_path / "checkpoints")
   assert set(ckpts.steps()) == set(best) | {12}
   ckpts.close()
+
+
+def test_checkpoint_of_another_model_is_an_error_not_corruption(uninterrupted, tmp_path):
+  import shutil
+
+  shutil.copytree(uninterrupted, tmp_path / "run")
+  config = load_config("char_lm", RUN + ["model.d_model=32", "train.steps=250"])
+  with pytest.raises(CheckpointError, match="holds a different model or optimizer.*parameters differ"):
+    train(config, tmp_path / "run", progress=False)
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["200", "240"]  # nothing moved
+  assert (tmp_path / "run" / "results.json").exists()  # nor the earlier run's outputs deleted
+
+
+def test_each_process_resumes_its_own_data_position(monkeypatch):
+  from jaxformer.train import loop
+
+  saved = {"batches": {"index": 10}, "processes": [{"index": 10}, {"index": 13}]}
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  assert loop.own_data_state(saved) == {"index": 13}
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  with pytest.raises(CheckpointError, match="written by 2 processes"):
+    loop.own_data_state(saved)
+  assert loop.own_data_state({"batches": {"step": 5}, "processes": [{"step": 5}] * 2}) == {"step": 5}
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  assert loop.own_data_state({"batches": {"index": 3}}) == {"index": 3}  # written before per-process states
