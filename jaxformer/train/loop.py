@@ -144,11 +144,13 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   initialize_distributed(config.get("distributed"))
   workdir = Path(workdir)
   tc, cc = config.train, _checkpoint_settings(config)
+  main = is_main_process()
+  if not main:  # the other processes only warn: one log per run
+    logging.getLogger("jaxformer").setLevel(logging.WARNING)
   mesh = make_mesh(config.get("mesh"))
   variable_shapes = config.data.get("batching") == "bucket"  # rows and length vary with the length bucket
   check_batch(mesh, None if variable_shapes else tc.batch_size, tc.grad_accum,
               None if variable_shapes else config.data.get("seq_len"))
-  main = is_main_process()
   ds = build_dataset(config.data, config.seed, cache_dir=workdir)
   if _DATA_FOR_MODEL.get(config.model_kind) != ds.kind:
     raise ValueError(f"model_kind={config.model_kind!r} cannot train on data.name={config.data.name!r} "
