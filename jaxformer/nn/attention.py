@@ -79,11 +79,11 @@ class MultiHeadAttention(nn.Module):
 
     dropout = cfg.attention_dropout_rate if not deterministic else 0.0
     impl = cfg.attention_impl
-    if impl == "ring" and cache is None:
-      out = _ring(q, k, v, causal=self.causal, segment_ids=segment_ids, cross=not is_self, bias=bias, dropout=dropout)
+    if impl == "ring" and cache is None and is_self:
+      out = _ring(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, dropout=dropout)
     else:
       if impl == "ring":
-        _log_ring_fallback()
+        _log_ring_fallback("decoding with a KV cache" if cache is not None else "cross-attention")
         impl = None
       out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset,
                       dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
@@ -97,15 +97,14 @@ class MultiHeadAttention(nn.Module):
     return out if cache is None else (out, (k.swapaxes(1, 2), v.swapaxes(1, 2)))
 
 
-def _ring(q, k, v, *, causal, segment_ids, cross, bias, dropout):
+def _ring(q, k, v, *, causal, segment_ids, bias, dropout):
   """`attention_impl="ring"`: ring attention over the "sequence" axis of the ambient mesh (`jax.set_mesh`).
 
-  Training-time self-attention only: cross-attention, a bias (ALiBi) and attention dropout raise. Decoding
-  with a KV cache does not come here: it falls back to the default backend (logged once), since one new
-  token against a cache has no sequence to split.
+  Self-attention only; a bias (ALiBi) and attention dropout raise. Cross-attention and decoding with a KV
+  cache do not come here: they use the default backend (logged once), the encoder output's keys being
+  gathered by XLA, and one new token against a cache having no sequence to split.
   """
-  for feature, used in (("cross-attention", cross), ("an attention bias (ALiBi)", bias is not None),
-                        ("attention dropout", dropout > 0)):
+  for feature, used in (("an attention bias (ALiBi)", bias is not None), ("attention dropout", dropout > 0)):
     if used:
       raise ValueError(f"model.attention_impl='ring' does not support {feature}; use another attention_impl")
   from jaxformer.parallel.ring import ring_attention  # lazily: jaxformer.parallel builds on jaxformer.nn
@@ -113,6 +112,6 @@ def _ring(q, k, v, *, causal, segment_ids, cross, bias, dropout):
 
 
 @functools.cache
-def _log_ring_fallback():
+def _log_ring_fallback(what: str):
   logging.getLogger("jaxformer.nn").warning(
-      "attention_impl='ring': decoding with a KV cache uses the default attention backend instead")
+      "attention_impl='ring': %s uses the default attention backend instead", what)

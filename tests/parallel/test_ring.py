@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxformer.attention import attention
-from jaxformer.models import DecoderOnly, TransformerConfig
+from jaxformer.models import DecoderOnly, EncoderDecoder, TransformerConfig
 from jaxformer.nn.cache import KVCache
 from jaxformer.parallel import ring
 from jaxformer.parallel.ring import ring_attention
@@ -167,6 +167,23 @@ def test_decoder_only_ring_matches_reference():
   decoded, _ = jax.jit(lambda p, x, c: model.apply({"params": p}, x, cache=c))(params, tokens[:, :6],
                                                                                KVCache.empty(cfg, B, 8))
   np.testing.assert_allclose(decoded, want[:, :6], atol=1e-5)
+
+
+def test_encoder_decoder_ring_matches_reference(caplog):
+  """Self-attention in the ring, cross-attention through the default backend (logged)."""
+  mesh = _mesh("data2_seq4")
+  rng = np.random.default_rng(2)
+  src, tgt = (jnp.asarray(rng.integers(1, 13, size=(B, T)), jnp.int32) for _ in range(2))
+  cfg = lambda impl: TransformerConfig.aiayn_base(vocab_size=13, d_model=32, num_heads=4, mlp_dim=64,  # noqa: E731
+                                                  num_layers=1, max_len=T, attention_impl=impl)
+  reference = EncoderDecoder(cfg("reference"))
+  params = jax.jit(reference.init)(jax.random.key(0), src, tgt)["params"]
+  want = jax.jit(reference.apply)({"params": params}, src, tgt)
+  shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data", "sequence")))  # noqa: E731
+  with jax.set_mesh(mesh):
+    got = jax.jit(EncoderDecoder(cfg("ring")).apply)({"params": params}, shard(src), shard(tgt))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert "cross-attention uses the default attention backend" in caplog.text
 
 
 def test_model_hook_rejects_alibi():
