@@ -200,7 +200,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
                     "average_count": average.count}
       ckpts.save(step, state, data_state, average=average.sum, eval_loss=eval_loss)
 
-    def flush():  # the only host sync of the loop: log the window's metrics, fail on a non-finite loss
+    def flush(write: bool = True):  # the only host sync of the loop: log the window, fail on a non-finite loss
       nonlocal pending, window_start, compile_s
       host = jax.device_get(pending)
       first = not compile_s
@@ -209,11 +209,12 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
       avg = _window_metrics(host, first_step=done + 1 - len(host), elapsed=time.time() - window_start)
       if first:
         del avg["tokens_per_s"]
-      writer.write(done, "train", avg)
+      if write:
+        writer.write(done, "train", avg)
       bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
       pending, window_start = [], time.time()
 
-    writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+    writer = MetricWriter(workdir, tensorboard=tc.tensorboard, purge_step=start + 1 if start else None)
     pending, window_start, compile_s = [], time.time(), None
     bar = tqdm(range(start, tc.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
                initial=start, total=tc.steps)
@@ -230,7 +231,8 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
           last = done == tc.steps
           evaluating = tc.eval_every and (done % tc.eval_every == 0 or last)
           if step == start or done % tc.log_every == 0 or last:
-            flush()
+            # the first step measures compilation; after a resume it is not a logging step of its own
+            flush(write=not (step == start and start and done % tc.log_every and not last))
           if evaluating:
             ev = evaluate(eval_step, state.params, eval_set)
             writer.write(done, "eval", ev)

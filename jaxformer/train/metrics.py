@@ -13,7 +13,9 @@ log = logging.getLogger("jaxformer.train")
 
 
 class MetricWriter:
-  def __init__(self, workdir: str | Path, tensorboard: bool = True):
+  def __init__(self, workdir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
+    """purge_step: a resumed run's first step; TensorBoard then drops the earlier run's events from
+    that step on (they were logged after the checkpoint and are logged again)."""
     self.workdir = Path(workdir)
     self.active = jax.process_index() == 0
     self.tb = None
@@ -22,7 +24,7 @@ class MetricWriter:
       self.jsonl = (self.workdir / "metrics.jsonl").open("a")
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        self.tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge_step)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.active:

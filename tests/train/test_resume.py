@@ -85,7 +85,7 @@ def test_killed_run_resumes_bit_for_bit(uninterrupted, tmp_path, sig, after):
   assert json.loads((tmp_path / "results.json").read_text())["resumed_from_step"] == saved[-1]
   _assert_bitwise(_params(tmp_path), _params(uninterrupted))
   steps = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
-  assert steps == sorted(set(steps)) and steps[-1] == 240  # the log continues without repeats
+  assert steps == [r["step"] for r in read_metrics(uninterrupted) if r["split"] == "train"]  # no repeats or extras
 
 
 def test_corrupt_latest_checkpoint_is_skipped_and_export(uninterrupted, tmp_path, caplog):
