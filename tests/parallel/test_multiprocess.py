@@ -52,3 +52,38 @@ def test_two_processes_match_one(tmp_path):
 def _leaves(workdir):
   import jax
   return jax.tree.leaves(jax.device_get(load_run(workdir)[1]))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_they_resume(tmp_path):
+  """A preemption notice reaches one host: JAX's coordination service makes every process stop at the same
+  step, all save that checkpoint together and exit 143; the same commands then finish the run from there."""
+  import json
+  import re
+  import signal
+  import time
+
+  def launch(port):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = RUN + ["model.num_layers=2", "model.d_model=64", "data.seq_len=64", "model.max_len=64",
+                 "train.steps=400", "train.log_every=50", "checkpoint.every=100"]
+    return [subprocess.Popen(
+        [sys.executable, "-m", "jaxformer.cli", "train", "--config", "char_lm", "--workdir", str(tmp_path),
+         "--no-progress", *[f"--config.{o}" for o in run], f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+
+  procs = launch(_free_port())
+  end = time.time() + 240
+  while not (tmp_path / "checkpoints" / "100").is_dir():
+    assert all(p.poll() is None for p in procs) and time.time() < end, "no checkpoint 100"
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [143, 143], outs
+  steps = {int(re.search(r"SIGTERM at step (\d+)", out).group(1)) for out in outs}
+  assert len(steps) == 1 and (tmp_path / "checkpoints" / str(*steps)).is_dir()
+  procs = launch(_free_port())
+  outs = [p.communicate(timeout=240)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert json.loads((tmp_path / "results.json").read_text())["resumed_from_step"] == steps.pop()
