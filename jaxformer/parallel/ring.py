@@ -8,6 +8,22 @@ results are merged exactly with their log-sum-exp, so the output equals plain
 attention up to float32 rounding. The backward pass (a custom VJP) passes the
 K/V chunks around the ring again, together with their dK/dV accumulators, and
 recomputes probabilities from the saved lse, so training memory stays O(T/n).
+
+Memory: O(T/n) per device in both passes (local chunks, one visiting K/V chunk,
+float32 accumulators). Communication: n-1 ppermutes of a K/V chunk forward;
+backward n-1 more, plus n of the float32 dK/dV accumulators; XLA can overlap
+them with the steps' compute.
+
+Work balance (causal). With contiguous chunks (device r holds positions
+r·C .. r·C + C - 1), at ring step s the devices r >= s meet an earlier chunk
+(all C² pairs) and the others a later one (skipped), so every step waits for a
+full chunk pair: n - 1/2 chunk-pair times, while device 0 idles for n-1 of them.
+Striped ring attention (Brandon et al. 2023, "Striped Attention: Faster Ring
+Attention for Causal Transformers") permutes the sequence first so that device r
+holds positions r, r+n, r+2n, ...; then every chunk pair is a causal triangle
+(q_offset 0, or -1 when the chunk comes from a later device), every device does
+about half of every pair, and the ring takes about n/2 chunk-pair times: 2 - 1/n
+times less. The reorder costs all-to-alls around the ring (see `ring_attention`).
 """
 from __future__ import annotations
 
@@ -86,20 +102,31 @@ class _Ring:
   causal: bool
   scale: float
   implementation: str | tuple[str, ...] | None
+  stripe: bool = False  # device r holds positions r, r + n, r + 2n, ... (striped) instead of r·C .. r·C + C - 1
 
   @property
   def perm(self):
     return [(i, (i + 1) % self.n) for i in range(self.n)]  # after s steps, device `my` holds the chunk of my - s
 
 
+def _step_offset(cfg: _Ring, step):
+  """The causal q_offset of this device's queries against the K/V chunk visiting at ring step `step`, which
+  started on device src = (my - step) mod n (a traced int; 0 at step 0, src = my).
+
+  Contiguous chunks: query i is at position my·C + i, key j at src·C + j, so j <= i + (my - src)·C.
+  Striped: query i is at n·i + my, key j at n·j + src, so n·j <= n·i + (my - src) ⟺ j <= i + ⌊(my - src)/n⌋,
+  i.e. offset 0 (j <= i) when src <= my and -1 (j < i: query row 0 sees no key of that chunk) when src > my.
+  """
+  my = lax.axis_index(cfg.axis)
+  src = (my - step) % cfg.n
+  return (my - src) // cfg.n if cfg.stripe else (my - src) * cfg.chunk
+
+
 def _attend(cfg: _Ring, q, q_seg, kv, step):
   """This device's queries against the K/V chunk that started on device src = (my - step) mod n: (out, lse).
   step None is the diagonal chunk (src = my, static q_offset 0)."""
   k, v, kv_seg = kv
-  offset = 0
-  if cfg.causal and step is not None:  # query position my·C + i, key position src·C + j
-    my = lax.axis_index(cfg.axis)
-    offset = (my - (my - step) % cfg.n) * cfg.chunk
+  offset = _step_offset(cfg, step) if cfg.causal and step is not None else 0
   return attention(q, k, v, causal=cfg.causal, segment_ids=None if q_seg is None else (q_seg, kv_seg),
                    scale=cfg.scale, q_offset=offset, implementation=cfg.implementation, return_lse=True)
 
@@ -179,9 +206,24 @@ def _ring_bwd(cfg: _Ring, residuals, d_out):
 _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
+def _reorder(x, n: int, inverse: bool, place):
+  """x [B,T,...] from sequence order to striped order, whose r-th chunk of C = T/n holds positions r, r+n,
+  r+2n, ... ([B,C,n,...] -> [B,n,C,...]); inverse: back. `place(x, dim, shape)` reshapes x to `shape` with the
+  ring axis on dimension `dim` (None: on none). With C divisible by n each device keeps its rows through the
+  split, and the transpose is one all-to-all (C/n rows to every other device); otherwise the split needs the
+  whole sequence on every device (an all-gather). Without these layouts XLA may pick all-gathers either way."""
+  B, T = x.shape[:2]
+  lay = lambda x, shape: place(x, 1 if shape[1] % n == 0 else None, shape)
+  x = lay(x, (B, *((n, T // n) if inverse else (T // n, n)), *x.shape[2:]))
+  x = x.swapaxes(1, 2)
+  x = lay(x, x.shape)
+  return lay(x, (B, T, *x.shape[3:]))
+
+
 def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: float | None = None, mesh=None,
                    axis: str = "sequence", batch_axes: Sequence[str] = ("data", "fsdp"),
-                   head_axis: str | None = "tensor", implementation: str | Sequence[str] | None = "blockwise"):
+                   head_axis: str | None = "tensor", implementation: str | Sequence[str] | None = "blockwise",
+                   stripe: bool | None = None):
   """q [B,T,N,H], k/v [B,T,K,H] global arrays (inside or outside jit) -> out [B,T,N,H].
 
   Ring attention (Liu et al. 2023, "Ring Attention with Blockwise Transformers"): a `jax.shard_map` over
@@ -203,11 +245,25 @@ def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: fl
   backend's VJP must honour an lse cotangent (all backends that return lse do). Being a custom VJP, it does
   not support forward-mode autodiff (jvp) or second derivatives.
 
-  causal: a query at global position i sees keys j <= i. The chunk from device src gets q_offset
-  (my - src)·C; chunks entirely in the future give lse = -inf and add nothing, in either pass (the
-  blockwise backend iterates over no key block for them). There is no striping, so the causal load is
-  unbalanced: the device holding the last chunk attends to all n chunks, the first only to its own, and the
-  ring waits for the slowest (striped ring attention would even it out).
+  causal: a query at global position i sees keys j <= i. With contiguous chunks, the chunk from device src gets
+  q_offset (my - src)·C; chunks entirely in the future give lse = -inf and add nothing, in either pass (the
+  blockwise backend iterates over no key block for them). That load is unbalanced: the device holding the last
+  chunk attends to all n chunks, the first only to its own, and the ring waits for the slowest (n - 1/2
+  chunk-pair times per pass).
+  stripe: striped ring attention (Brandon et al. 2023). q, k, v and the segment ids are permuted on the
+  global arrays, outside the shard_map, so that device r holds positions r, r+n, r+2n, ... (a reshape
+  [B,C,n,...] -> [B,n,C,...]), and the output is permuted back. Local query i is then at n·i + my and key j
+  of device src at n·j + src, so the chunk from src is causal with q_offset 0 when src < my and -1 when
+  src > my (its query row 0 sees none of its keys). Every device does about half of every chunk pair: ~n/2
+  chunk-pair times per pass instead of ~n - 1/2, i.e. (2 - 1/n)x less attention time for causal attention;
+  the skipping is per backend tile, so the gain needs C well above the tile (blockwise: 128). The cost, per
+  device: forward one all-to-all each of q, k, v (and of the int32 segment ids) and one of out; backward the
+  transposes, one of dO and one each of dq, dk, dv. Each moves (n-1)/n of the device's chunk of that tensor,
+  about one ring step's transfer, but is not overlapped with attention compute; memory stays O(T/n).
+  With T divisible by n² the reorder keeps each device's rows local and is exactly one all-to-all per tensor;
+  otherwise the split needs the whole sequence on each device (all-gathers, O(T) memory). None (default):
+  stripe when causal and T is divisible by n² (logged once when causal and not); True: always (exact for
+  non-causal attention too, but useless there); False: never. Gradients are exact either way.
   segment_ids: [B,T] or a ([B,T], [B,T]) pair (packed sequences; segments may span chunk boundaries).
   Query rows that can see no key return zeros, never NaN. With no mesh, or an axis of size 1, this is a
   plain `attention` call. Meshes with Explicit axes work too (the inputs are resharded to the in_specs).
@@ -250,14 +306,36 @@ def ring_attention(q, k, v, *, causal: bool = False, segment_ids=None, scale: fl
   batch_spec = batch or None
   qkv_spec, seg_spec = P(batch_spec, axis, heads, None), P(batch_spec, axis)
   impl = tuple(implementation) if isinstance(implementation, (list, tuple)) else implementation
-  cfg = _Ring(axis=axis, n=n, chunk=T // n, causal=bool(causal), scale=float(scale), implementation=impl)
+  chunk = T // n
+  if stripe is None:
+    stripe = bool(causal) and chunk % n == 0
+    if causal and not stripe:
+      _log_once(f"T={T} is not divisible by n²={n * n} (n = size of {axis!r}); not striping the causal ring")
+  cfg = _Ring(axis=axis, n=n, chunk=chunk, causal=bool(causal), scale=float(scale), implementation=impl,
+              stripe=bool(stripe))
   local = functools.partial(_ring, cfg) if _CUSTOM_VJP else (lambda *xs: _ring_forward(cfg, *xs)[0])
   if q_seg is None:
     fn = lambda q, k, v: local(q, k, v, None, None)
     args, in_specs = (q, k, v), (qkv_spec,) * 3
   else:
     fn, args, in_specs = local, (q, k, v, q_seg, kv_seg), (qkv_spec,) * 3 + (seg_spec,) * 2
-  if set(getattr(mesh, "explicit_axes", ())) & set(sizes):  # Explicit axes: shard_map wants inputs laid out already
-    layout = (lambda spec: spec) if isinstance(mesh, AbstractMesh) else (lambda spec: NamedSharding(mesh, spec))
+  explicit = bool(set(getattr(mesh, "explicit_axes", ())) & set(sizes))
+  layout = (lambda spec: spec) if isinstance(mesh, AbstractMesh) else (lambda spec: NamedSharding(mesh, spec))
+
+  def place(x, dim, shape):
+    """x reshaped to `shape`, laid out like the in_specs but with the ring axis on dimension `dim` (or none)."""
+    spec = [batch_spec] + [None] * (len(shape) - 1)
+    if len(shape) > 3:
+      spec[-2] = heads
+    if dim is not None:
+      spec[dim] = axis
+    if explicit:
+      return x.reshape(shape, out_sharding=layout(P(*spec)))
+    return lax.with_sharding_constraint(x.reshape(shape), layout(P(*spec)))
+
+  if cfg.stripe:  # on the global arrays, so XLA sees the reorder of a sharded array (all-to-alls)
+    args = tuple(_reorder(x, n, False, place) for x in args)
+  if explicit:  # Explicit axes: shard_map wants inputs laid out already
     args = tuple(jax.sharding.reshard(x, layout(spec)) for x, spec in zip(args, in_specs))
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=qkv_spec)(*args)
+  out = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=qkv_spec)(*args)
+  return _reorder(out, n, True, place) if cfg.stripe else out

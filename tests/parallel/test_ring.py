@@ -74,32 +74,111 @@ def _assert_close(got, want):
     np.testing.assert_allclose(g, w, atol=1e-5, err_msg=f"d{name}")
 
 
-CASES = [(name, causal) for name in MESHES for causal in (False, True) if name != "seq4_tensor2" or causal]
+CASES = [(name, causal, stripe) for name in MESHES for causal in (False, True) for stripe in (False, True)
+         if (name != "seq4_tensor2" or causal) and (causal or not stripe)]
 
 
-@pytest.mark.parametrize("mesh_name, causal", CASES, ids=[f"{n}-{'causal' if c else 'full'}" for n, c in CASES])
-def test_matches_reference(mesh_name, causal):
-  """Values and dq, dk, dv, with packed segments, GQA and fully masked query rows (zeros, finite gradients)."""
+@pytest.mark.parametrize("mesh_name, causal, stripe", CASES,
+                         ids=[f"{n}-{'causal' if c else 'full'}{'-striped' if s else ''}" for n, c, s in CASES])
+def test_matches_reference(mesh_name, causal, stripe):
+  """Values and dq, dk, dv, with packed segments, GQA and fully masked query rows (zeros, finite gradients).
+  Striped on seq8 (T=32 not divisible by n²=64) goes through the all-gather reorder, elsewhere all-to-alls."""
   mesh = _mesh(mesh_name)
   q, k, v, ct, _ = _inputs()
   segs = _segments()
-  got = _value_and_grads(lambda q, k, v: ring_attention(q, k, v, causal=causal, segment_ids=segs, mesh=mesh),
-                         q, k, v, ct)
+  got = _value_and_grads(lambda q, k, v: ring_attention(q, k, v, causal=causal, segment_ids=segs, mesh=mesh,
+                                                        stripe=stripe), q, k, v, ct)
   spec = tuple(got[0].sharding.spec)
   assert spec + (None,) * (4 - len(spec)) == MESHES[mesh_name][2]  # it really ran sharded
   np.testing.assert_array_equal(got[0][0, 10:20], 0.0)
   _assert_close(got, _want(causal))
 
 
-def test_gradients_through_another_backend():
+@pytest.mark.parametrize("stripe", [False, True], ids=["contiguous", "striped"])
+def test_gradients_through_another_backend(stripe):
   """The ring VJP drives each chunk's backend VJP with cotangents on (out, lse); with the reference backend
-  (plain autodiff) those come out the same as through blockwise's hand-written backward."""
+  (plain autodiff) those come out the same as through blockwise's hand-written backward. Striped, the
+  reference backend gets the traced q_offset -1 (query row 0 of such a chunk sees no key)."""
   mesh = _mesh("seq4")
   q, k, v, ct, _ = _inputs()
   segs = _segments()
   got = _value_and_grads(lambda q, k, v: ring_attention(q, k, v, causal=True, segment_ids=segs, mesh=mesh,
-                                                        implementation="reference"), q, k, v, ct)
+                                                        implementation="reference", stripe=stripe), q, k, v, ct)
   _assert_close(got, _want(True))
+
+
+def test_plain_autodiff_striped(monkeypatch):
+  """Striped gradients by plain autodiff through the ring loop (the private `_CUSTOM_VJP = False` path) and
+  through the permutations are exact too."""
+  monkeypatch.setattr(ring, "_CUSTOM_VJP", False)
+  mesh = _mesh("data2_seq4")
+  q, k, v, ct, _ = _inputs()
+  segs = _segments()
+  got = _value_and_grads(lambda q, k, v: ring_attention(q, k, v, causal=True, segment_ids=segs, mesh=mesh,
+                                                        stripe=True), q, k, v, ct)
+  _assert_close(got, _want(True))
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_striping_balances_causal_work(n):
+  """Counts the (query, key) pairs each device attends to at each ring step, from the causal q_offsets the
+  ring itself computes on each device (`_step_offset`, run in a shard_map) and the global positions its
+  reorder gives each device's rows (`_reorder` on arange(T)). A compiled program's cost is hard to read on
+  CPU, and these counts are what the causal skipping works from.
+
+  Both layouts must cover exactly the causal pairs of the sequence, each once: this fails on a wrong offset
+  (e.g. 0 instead of -1 for chunks from later devices counts the pairs n·i + src > n·i + my) or a reorder
+  that does not match the offsets. The ring waits for the slowest device at every step, so its time is the
+  sum over steps of the largest count. Contiguous: at step s >= 1 the devices r >= s do a full C² pair (the
+  others a future chunk: nothing), C(C+1)/2 + (n-1)·C² in all. Striped: every device does C(C±1)/2 pairs at
+  every step, n·C(C+1)/2 in all, within n·C/2 of a perfect split of the T(T+1)/2 pairs: 2 - 1/n times less.
+  """
+  C = 16
+  T = n * C
+  mesh = Mesh(np.array(jax.devices()[:n]), ("sequence",))
+  rows = np.arange(C)
+  slowest = {}
+  for stripe in (False, True):
+    cfg = ring._Ring(axis="sequence", n=n, chunk=C, causal=True, scale=1.0, implementation=None, stripe=stripe)
+    offsets = jax.jit(jax.shard_map(lambda: ring._step_offset(cfg, jnp.arange(n))[None], mesh=mesh, in_specs=(),
+                                    out_specs=P("sequence")))()
+    offsets = np.asarray(offsets)  # [device, step]
+    order = np.arange(T)[None]
+    if stripe:
+      order = ring._reorder(order, n, False, lambda x, dim, shape: x.reshape(shape))
+    position = np.asarray(order).reshape(n, C)  # [device, local row]: global position
+    seen = np.zeros((T, T), np.int32)
+    pairs = np.zeros((n, n), np.int64)  # [step, device]
+    for my in range(n):
+      for step in range(n):
+        src = (my - step) % n  # the chunk visiting at this step (the ring sends device i's chunk to i + 1)
+        visible = rows[None, :] <= rows[:, None] + offsets[my, step]  # [query row, key row]
+        pairs[step, my] = visible.sum()
+        i, j = np.nonzero(visible)
+        np.add.at(seen, (position[my, i], position[src, j]), 1)
+    np.testing.assert_array_equal(seen, np.tril(np.ones((T, T), np.int32)), err_msg=f"stripe={stripe}")
+    slowest[stripe] = pairs.max(axis=1).sum()
+    if stripe:
+      assert set(pairs[1:].ravel()) == {C * (C + 1) // 2, C * (C - 1) // 2}, pairs
+  assert slowest[False] == C * (C + 1) // 2 + (n - 1) * C * C
+  assert slowest[True] == n * C * (C + 1) // 2
+  assert slowest[True] <= T * (T + 1) / 2 / n + n * C / 2
+
+
+def test_stripes_by_default_when_causal(monkeypatch, caplog):
+  """stripe=None stripes causal rings whose T is divisible by n² (reordering q, k, v and the output back),
+  not non-causal ones, nor T=32 on 8 devices (logged): that reorder would need all-gathers (O(T) memory)."""
+  monkeypatch.setattr(ring, "_logged", set())
+  reordered = []
+  reorder = ring._reorder
+  monkeypatch.setattr(ring, "_reorder", lambda x, n, inverse, place: reordered.append(inverse) or
+                      reorder(x, n, inverse, place))
+  q, k, v, _, _ = _inputs()
+  for mesh, causal, want in (("seq4", True, [False] * 3 + [True]), ("seq4", False, []), ("seq8", True, [])):
+    reordered.clear()
+    jax.eval_shape(functools.partial(ring_attention, causal=causal, mesh=_mesh(mesh)), q, k, v)
+    assert reordered == want, (mesh, causal)
+  assert "T=32 is not divisible by n²=64" in caplog.text
 
 
 def _grad_temp_bytes(n, custom_vjp, monkeypatch, C=16, H=64):
@@ -120,8 +199,9 @@ def test_backward_memory_is_per_chunk(monkeypatch):
 
   Measured with XLA's memory analysis of the compiled program rather than by running: deterministic on CPU
   and counting exactly the scratch a device holds (arguments and outputs are the same for both paths).
-  Margins are wide (measured: custom 239552 B at both n=4 and n=8; autodiff at n=8 548528 B, about 19 K/V
-  chunks more), so XLA scheduling changes should not break it.
+  This is the default, striped, causal ring (T = n·16 is divisible by n²), so the all-to-all buffers of the
+  reorder count too. Margins are wide (measured with JAX 0.10.2: custom 286912 B at both n=4 and n=8, 270016 B
+  unstriped; autodiff at n=8 603416 B, about 19 K/V chunks more), so XLA scheduling changes should not break it.
   """
   kv_chunk = 2 * 16 * K * 64 * 4  # one device's K and V chunk (C=16, H=64, float32)
   custom4, custom8 = (_grad_temp_bytes(n, True, monkeypatch) for n in (4, 8))
