@@ -158,17 +158,19 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
   cfg = model_config(config, ds.vocab_size, getattr(ds, "num_classes", None))
   model = build_model(config.model_kind, cfg)
   tx, schedule = make_optimizer(config.optim, cfg.d_model, tc.steps)
-  batches = train_batches(ds, tc.batch_size // jax.process_count())
-  ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"], async_save=cc["async_save"])
+  local_batch = tc.batch_size // jax.process_count()  # this process's rows
+  batches = train_batches(ds, local_batch)
+  open_checkpoints = lambda: Checkpoints(workdir / "checkpoints", keep=cc["keep"],  # noqa: E731
+                                         keep_best=cc["keep_best"], async_save=cc["async_save"])
+  ckpts = open_checkpoints()
   if not cc["resume"] and ckpts.steps():
     ckpts.close()
     if main:
       _prepare_workdir(workdir, None, clear_checkpoints=True)
-    ckpts = Checkpoints(workdir / "checkpoints", keep=cc["keep"], keep_best=cc["keep_best"],
-                        async_save=cc["async_save"])
+    ckpts = open_checkpoints()
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-    example = next(train_batches(ds, tc.batch_size // jax.process_count()))
+    example = next(train_batches(ds, local_batch))
     abstract, state_sh, init_state = plan_train_state(model, config.model_kind, tx, example, config.seed, mesh)
     average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
     restored = ckpts.restore(abstract_like(abstract, state_sh), abstract_like(abstract.params, state_sh.params)) \
@@ -196,8 +198,8 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     eval_set = [put_global_batch(mesh, b) for b in ds.eval_batches(tc.eval_batches, tc.eval_batch_size)]
 
     def checkpoint(step, eval_loss=None):
-      data_state = {"batches": batches.get_state(), "processes": all_data_states(batches.get_state()),
-                    "average_count": average.count}
+      position = batches.get_state()
+      data_state = {"batches": position, "processes": all_data_states(position), "average_count": average.count}
       ckpts.save(step, state, data_state, average=average.sum, eval_loss=eval_loss)
 
     def flush(write: bool = True):  # the only host sync of the loop: log the window, fail on a non-finite loss

@@ -266,3 +266,13 @@ def test_each_process_resumes_its_own_data_position(monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 1)
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   assert loop.own_data_state({"batches": {"index": 3}}) == {"index": 3}  # written before per-process states
+
+
+def test_resume_false_starts_afresh(tmp_path):
+  overrides = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64", "model.max_len=32",
+               "data.seq_len=32", "data.max_chars=60000", "train.steps=4", "train.batch_size=8", "train.log_every=2",
+               "train.eval_every=0", "train.tensorboard=false"]
+  first = train(load_config("char_lm", overrides), tmp_path, progress=False)
+  again = train(load_config("char_lm", overrides + ["checkpoint.resume=false"]), tmp_path, progress=False)
+  assert "resumed_from_step" not in again and again["eval"] == first["eval"]  # the same run once more, from 0
+  assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"] == [1, 2, 4]  # the old log replaced
