@@ -158,9 +158,11 @@ def _offset_kind(q_offset) -> str:
   return "static" if np.all(values == values.flat[0]) else "per_batch"
 
 
-def _check_shapes(q, k, v, mask: MaskSpec, bias):
+def check_qkv(q, k, v, name: str = "attention", causal: bool = False) -> tuple[int, int, int, int, int]:
+  """The shape rules every attention function shares (GQA included; causal = self-attention, T == S).
+  Returns (B, T, N, S, K)."""
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(f"attention expects q [B,T,N,D], k [B,S,K,D], v [B,S,K,Dv]; "
+    raise ValueError(f"{name} expects q [B,T,N,D], k [B,S,K,D], v [B,S,K,Dv]; "
                      f"got ranks {q.ndim}, {k.ndim}, {v.ndim}")
   B, T, N, D = q.shape
   if k.shape[0] != B or v.shape[0] != B:
@@ -169,9 +171,15 @@ def _check_shapes(q, k, v, mask: MaskSpec, bias):
     raise ValueError(f"k {k.shape} and v {v.shape} must agree on [B, S, K]")
   if k.shape[3] != D:
     raise ValueError(f"q head dim {D} != k head dim {k.shape[3]}")
-  if N % k.shape[2]:
+  if k.shape[2] == 0 or N % k.shape[2]:
     raise ValueError(f"query heads N={N} must be a multiple of kv heads K={k.shape[2]}")
-  S = k.shape[1]
+  if causal and T != k.shape[1]:
+    raise ValueError(f"causal {name} is self-attention: needs T == S, got T={T}, S={k.shape[1]}")
+  return B, T, N, k.shape[1], k.shape[2]
+
+
+def _check_shapes(q, k, v, mask: MaskSpec, bias):
+  B, T, N, S, _ = check_qkv(q, k, v)
   if mask.q_segment_ids is not None and (mask.q_segment_ids.shape != (B, T)
                                          or mask.kv_segment_ids.shape != (B, S)):
     raise ValueError(f"segment ids must be [B,T]={B, T} and [B,S]={B, S}; got "
