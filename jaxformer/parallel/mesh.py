@@ -134,11 +134,11 @@ def state_shardings(mesh: Mesh, abstract_state, param_shardings, abstract_params
   suffix and equal shape; everything else (step, counts, RNG, factored statistics) is replicated.
   """
   flat = jax.tree_util.tree_flatten_with_path(param_shardings)[0]
-  by_path = {_path_key(p): (s, x.shape) for (p, s), x in zip(flat, jax.tree.leaves(abstract_params))}
+  by_path = {path_key(p): (s, x.shape) for (p, s), x in zip(flat, jax.tree.leaves(abstract_params))}
   replicated = NamedSharding(mesh, P())
 
   def pick(path, leaf):
-    key = _path_key(path)
+    key = path_key(path)
     for i in range(len(key)):
       if key[i:] in by_path:
         sharding, shape = by_path[key[i:]]
@@ -148,7 +148,9 @@ def state_shardings(mesh: Mesh, abstract_state, param_shardings, abstract_params
   return jax.tree_util.tree_map_with_path(pick, abstract_state)
 
 
-def _path_key(path) -> tuple[str, ...]:
+def path_key(path) -> tuple[str, ...]:
+  """A pytree key path as plain names (dict keys, attribute names, indices), comparable across trees
+  of different node types (a TrainState and the dicts orbax reads back)."""
   return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -200,11 +202,6 @@ def put_global_batch(mesh: Mesh, batch: dict) -> dict:
       spec = P()
     return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
   return {k: put(v) for k, v in batch.items()}
-
-
-def describe(tree) -> dict[str, str]:
-  """{parameter path: mesh PartitionSpec} for logging how a tree is laid out."""
-  return {"/".join(_path_key(p)): str(x.sharding.spec) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 _logged: set[str] = set()

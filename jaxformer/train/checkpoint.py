@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.parallel.distributed import sync as _sync
+from jaxformer.parallel.mesh import path_key
 
 log = logging.getLogger("jaxformer.checkpoint")
 
@@ -185,8 +186,7 @@ def _mismatch(saved_metadata, abstract_state) -> str | None:
   """What differs between a checkpoint's train state and this run's: the parameters (names, shapes)
   or, for the optimizer state and the rest, the shapes of all arrays."""
   def shapes(tree):
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): tuple(x.shape)
-            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_key(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
   params = getattr(abstract_state, "params", None)
   if params is not None:
     saved, wanted = shapes(saved_metadata["params"]), shapes(params)

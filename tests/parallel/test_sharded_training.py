@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.parallel import RULES, MeshError, check_batch, make_mesh, mesh_sizes, shard_batch
+from jaxformer.parallel.mesh import path_key
 from jaxformer.train.optim import make_optimizer
 from jaxformer.train.step import init_train_state, make_train_step
 
@@ -68,7 +69,7 @@ def test_mesh_training_equals_one_device(single, sizes):
   shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
   assert query.addressable_shards[0].data.size == query.size // shards
   moments = [x for path, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
-             if "layers_0/self_attention/query/kernel" in "/".join(str(getattr(k, "key", "")) for k in path)]
+             if "layers_0/self_attention/query/kernel" in "/".join(path_key(path))]
   assert len(moments) == 2 and all(m.sharding == query.sharding for m in moments)  # Adam's mu and nu
 
 

@@ -163,7 +163,7 @@ def test_restore_onto_another_mesh(tmp_path):
     ckpts = Checkpoints(tmp_path)
     restored, data, _ = ckpts.restore(abstract_like(target, target_sh))
     ckpts.close()
-    assert data == {"batches": {"step": 2}, "average_count": 0} or data == {"batches": {"step": 2}}
+    assert data == {"batches": {"step": 2}}
     kernel = restored.params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
     assert kernel.sharding == target_sh.params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
     assert len(kernel.sharding.device_set) == len(devices)
