@@ -25,13 +25,15 @@ class ConfigError(ValueError):
 
 
 def model_config_dict(model_cfg) -> ml_collections.ConfigDict:
-  """A TransformerConfig as a ConfigDict holding every field, typed, so overrides are checked
-  (fields that default to None become typed placeholders)."""
+  """A TransformerConfig (or a nested config section of it) as a ConfigDict holding every field, typed, so
+  overrides are checked (fields that default to None become typed placeholders)."""
   hints = typing.get_type_hints(type(model_cfg))
   out = ml_collections.ConfigDict()
   for f in dataclasses.fields(model_cfg):
     value = getattr(model_cfg, f.name)
-    if value is None:
+    if dataclasses.is_dataclass(value):  # a nested section, e.g. model.attention
+      value = model_config_dict(value)
+    elif value is None:
       base = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
       value = config_dict.placeholder(base[0]) if base else None
     out[f.name] = value

@@ -1,9 +1,9 @@
 """Multi-head attention layer (Vaswani et al. 2017, section 3.2) with GQA/MQA.
 
-Projections live here; the attention itself always goes through
-`jaxformer.attention.attention`, whose backend is `cfg.attention_impl`, except for
-`attention_impl="ring"`: sequence-parallel ring attention over the ambient mesh
-(`jaxformer.parallel.ring`).
+Projections live here; exact attention goes through `jaxformer.attention.attention`, whose
+backend is `cfg.attention_impl`, except for `attention_impl="ring"`: sequence-parallel ring
+attention over the ambient mesh (`jaxformer.parallel.ring`). Self-attention of another
+`cfg.attention.kind` (linear, Performer, ...) is computed by `jaxformer.nn.variants.Mixer`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from jaxformer.nn.cache import KVCache
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.nn.layers import constrain, param_init
 from jaxformer.nn.positions import alibi_bias, rope
+from jaxformer.nn.variants import Mixer, projections
 
 
 class MultiHeadAttention(nn.Module):
@@ -56,12 +57,17 @@ class MultiHeadAttention(nn.Module):
           kernel_init=param_init(cfg, ("embed", head_axis, "kv")),
           bias_init=param_init(cfg, (head_axis, "kv"), "zeros"))
 
-    q = constrain(proj(N, "heads", "query")(x), ("batch", "length", "heads", "kv"))  # [B, T, N, H]
-    if is_self or cache is None or cache.cross_keys is None:
-      k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv"))  # [B, S, K, H]
+    kind = cfg.attention.kind if is_self else "softmax"  # cross-attention is always exact softmax attention
+    used = projections(kind)
+    q = constrain(proj(N, "heads", "query")(x), ("batch", "length", "heads", "kv")) if "query" in used else None
+    if is_self or cache is None or cache.cross_keys is None:  # [B, S, K, H]
+      k = constrain(proj(K, "kv_heads", "key")(context), ("batch", "length", "kv_heads", "kv")) if "key" in used else None
       v = constrain(proj(K, "kv_heads", "value")(context), ("batch", "length", "kv_heads", "kv"))
     else:  # the cache is head-major [B, K, S, H]
       k, v = cache.cross_keys[layer].swapaxes(1, 2), cache.cross_values[layer].swapaxes(1, 2)
+    # kinds without q or k projections (synthesizer: neither; lsh: keys are the queries) carry zeros of their shape
+    q = jnp.zeros(x.shape[:2] + (N, H), v.dtype) if q is None else q
+    k = jnp.zeros(v.shape[:3] + (H,), v.dtype) if k is None else k
 
     if is_self and positions is None:
       positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
@@ -79,7 +85,11 @@ class MultiHeadAttention(nn.Module):
 
     dropout = cfg.attention_dropout_rate if not deterministic else 0.0
     impl = cfg.attention_impl
-    if impl == "ring" and cache is None and is_self:
+    if kind != "softmax":
+      kw = dict(causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset, dropout_rate=dropout,
+                dropout_rng=self.make_rng("dropout") if dropout else None, implementation=impl)
+      out = Mixer(cfg, layer, name="mixer")(q, k, v, x, kw=kw, deterministic=deterministic, cached=cache is not None)
+    elif impl == "ring" and cache is None and is_self:
       out = _ring(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, dropout=dropout)
     else:
       if impl == "ring":

@@ -69,7 +69,7 @@ class Stack(nn.Module):
     for i in range(self.num_layers):
       block = Block(self.cfg, self.causal, self.cross, name=f"layers_{i}")
       if cache is None:
-        x = block(x, encoded, deterministic=deterministic, **kw)
+        x = block(x, encoded, deterministic=deterministic, layer=i, **kw)
       else:
         x, kv = block(x, encoded, deterministic=deterministic, cache=cache, layer=i, **kw)
         kvs.append(kv)

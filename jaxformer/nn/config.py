@@ -14,6 +14,68 @@ import jax.numpy as jnp
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu")
+# model.attention.kind: "softmax" is exact attention through the kernel API (every backend); the rest are the
+# variants of jaxformer/nn/variants.py. Kinds in SOFTMAX_KINDS are exact softmax attention under some mask or
+# reparametrisation and run on the kernel API's backends too.
+ATTENTION_KINDS = ("softmax", "local", "sinks", "differential", "sigmoid", "linear", "performer", "linformer",
+                   "bigbird", "lsh", "synthesizer")
+SOFTMAX_KINDS = ("softmax", "local", "sinks", "differential")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """`model.attention`: which attention mechanism the self-attention layers use, and its settings.
+
+  Each setting names the kinds that read it; the others ignore it. Cross-attention (encoder-decoder)
+  is always exact softmax attention.
+  """
+  kind: str = "softmax"
+  window: int = 128  # local: keys within `window` positions (left only when causal); sinks: 0 = unbounded
+  feature_map: str = "elu1"  # linear: "elu1" (Katharopoulos et al.) or "relu"
+  num_features: int = 128  # performer: random features M
+  redraw: bool = True  # performer, lsh: fresh random features / rotations every training step
+  chunk_size: int = 64  # linear, performer (causal prefix-sum chunks), lsh (sorted chunk length)
+  num_segments: int = 2  # linear: segment ids per row must lie in [0, num_segments) (2 = padding only)
+  projection_len: int = 64  # linformer: keys/values projected from max_len to this many
+  block_size: int = 32  # bigbird: block length
+  num_global_blocks: int = 1  # bigbird
+  num_window_blocks: int = 3  # bigbird (odd)
+  num_random_blocks: int = 2  # bigbird
+  num_hashes: int = 2  # lsh: hash rounds
+  num_buckets: int = 8  # lsh (even)
+  synthesizer: str = "dense"  # synthesizer: "dense" (logits from each token) or "random" (learned logits)
+  seed: int = 0  # performer, lsh (evaluation features / rotations), bigbird (random blocks)
+
+  def __post_init__(self):
+    if self.kind not in ATTENTION_KINDS:
+      raise ValueError(f"model.attention.kind={self.kind!r}; expected one of {ATTENTION_KINDS}")
+    if self.feature_map not in ("elu1", "relu"):
+      raise ValueError(f"model.attention.feature_map={self.feature_map!r}; expected 'elu1' or 'relu'")
+    if self.synthesizer not in ("dense", "random"):
+      raise ValueError(f"model.attention.synthesizer={self.synthesizer!r}; expected 'dense' or 'random'")
+    positive = ("num_features", "chunk_size", "num_segments", "projection_len", "block_size", "num_hashes",
+                "num_buckets", "num_window_blocks")
+    for name in positive:
+      if getattr(self, name) < 1:
+        raise ValueError(f"model.attention.{name}={getattr(self, name)} must be >= 1")
+    for name in ("window", "num_global_blocks", "num_random_blocks"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"model.attention.{name}={getattr(self, name)} must be >= 0")
+    if self.kind == "local" and self.window < 1:
+      raise ValueError("model.attention.kind='local' needs model.attention.window >= 1")
+    if self.num_buckets % 2 or self.num_window_blocks % 2 == 0:
+      raise ValueError("model.attention.num_buckets must be even and num_window_blocks odd; got "
+                       f"{self.num_buckets} and {self.num_window_blocks}")
+
+  @classmethod
+  def from_dict(cls, d) -> AttentionConfig:
+    if isinstance(d, str):
+      return cls(kind=d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown model.attention key(s) {unknown}; valid keys: {sorted(names)}")
+    return cls(**dict(d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +111,7 @@ class TransformerConfig:
   num_classes: int = 2  # EncoderClassifier only
   pooling: str = "mean"  # EncoderClassifier: "mean" over non-pad tokens or "first" token
   attention_impl: str | None = None  # None = best backend for the platform; "ring" = jaxformer.parallel.ring
+  attention: AttentionConfig = AttentionConfig()  # the mechanism (kind) of self-attention; a dict or kind also do
   dtype: str = "float32"  # compute dtype; "bfloat16" for mixed precision
   param_dtype: str = "float32"
   init_std: float | None = None  # None = variance scaling (fan-in); else normal(std)
@@ -58,6 +121,8 @@ class TransformerConfig:
       items = self.rope_scaling.items() if isinstance(self.rope_scaling, dict) else self.rope_scaling
       frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
       object.__setattr__(self, "rope_scaling", frozen or None)
+    if not isinstance(self.attention, AttentionConfig):
+      object.__setattr__(self, "attention", AttentionConfig.from_dict(self.attention))
     def check(field, allowed):
       if getattr(self, field) not in allowed:
         raise ValueError(f"model.{field}={getattr(self, field)!r}; expected one of {allowed}")
@@ -73,6 +138,21 @@ class TransformerConfig:
                        f"model.num_kv_heads={self.kv_heads}")
     if self.position == "rope" and int(self.dim_per_head * self.rope_fraction) % 2:
       raise ValueError("RoPE needs an even number of rotated dimensions per head")
+    kind = self.attention.kind
+    if kind != "softmax" and self.attention_impl == "ring":
+      raise ValueError(f"model.attention_impl='ring' is exact softmax attention; model.attention.kind={kind!r} "
+                       "cannot use it (set model.attention.kind='softmax' or another attention_impl)")
+    if self.attention_dropout_rate > 0 and kind not in SOFTMAX_KINDS:
+      raise ValueError(f"model.attention_dropout_rate applies to the softmax kinds {SOFTMAX_KINDS}; "
+                       f"set it to 0 for model.attention.kind={kind!r}")
+    if self.position == "alibi" and kind not in SOFTMAX_KINDS + ("sigmoid",):
+      raise ValueError(f"ALiBi is an attention-logit bias; model.attention.kind={kind!r} has no logits to bias "
+                       "(use position='rope', 'learned' or 'sinusoidal')")
+    if kind == "lsh" and self.kv_heads != self.num_heads:
+      raise ValueError("model.attention.kind='lsh' shares queries and keys (Reformer), so it needs "
+                       "model.num_kv_heads = model.num_heads")
+    if kind == "differential" and self.dim_per_head % 2:
+      raise ValueError("model.attention.kind='differential' splits each head in two: needs an even head dim")
 
   @property
   def kv_heads(self) -> int:
@@ -100,7 +180,10 @@ class TransformerConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
-    return cls(**dict(d))
+    d = dict(d)
+    if hasattr(d.get("attention"), "to_dict"):  # a ConfigDict section
+      d["attention"] = d["attention"].to_dict()
+    return cls(**d)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

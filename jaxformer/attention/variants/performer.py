@@ -154,7 +154,7 @@ def _check_args(q, k, v, projection, causal, scale, eps, chunk_size):
     raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
 
 
-def performer_attention(q, k, v, projection, *, causal: bool = False, scale: float | None = None,
+def performer_attention(q, k, v, projection, *, causal: bool = False, kv_mask=None, scale: float | None = None,
                         eps: float = 1e-6, chunk_size: int | None = None):
   """FAVOR+ attention: q [B,T,N,H], k [B,S,K,H], v [B,S,K,Hv] (GQA: N % K == 0) -> [B,T,N,Hv].
 
@@ -162,28 +162,38 @@ def performer_attention(q, k, v, projection, *, causal: bool = False, scale: flo
   features of `projection` [M, H] (from `random_features`; redraw it by passing a new key).
   causal=True (needs T == S) computes the causal prefix sums chunk by chunk (`lax.scan`
   over chunks of `chunk_size`, default min(T, 64)); chunk_size is ignored when not causal.
+  kv_mask [B,S] (bool): keys where it is False are left out (padding); a row that sees no key returns 0.
+  Packed sequences (several segments in one row) are not separated: pass their padding mask only.
   Output in q's dtype; internals in float32. Costs: see the module docstring.
   """
   _check_args(q, k, v, projection, causal, scale, eps, chunk_size)
   B, T, N, H = q.shape
+  S = k.shape[1]
+  if kv_mask is None:
+    kv_mask = jnp.ones((B, S), bool)
+  elif jnp.shape(kv_mask) != (B, S):
+    raise ValueError(f"kv_mask must be [B,S]={B, S}; got {jnp.shape(kv_mask)}")
+  kv_mask = jnp.asarray(kv_mask, bool)
   projection = jnp.asarray(projection, jnp.float32)
   root = _default_scale(H, scale) ** 0.5
   if causal:
     c = min(T, DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size))
-    out = _causal(q, k, v, projection, root, eps, max(c, 1))
+    out = _causal(q, k, v, kv_mask, projection, root, eps, max(c, 1))
   else:
-    out = _non_causal(q, k, v, projection, root, eps)
+    out = _non_causal(q, k, v, kv_mask, projection, root, eps)
   return out.reshape(B, T, N, v.shape[-1]).astype(q.dtype)
 
 
-def _non_causal(q, k, v, projection, root, eps):
+def _non_causal(q, k, v, kv_mask, projection, root, eps):
   B, T, N, _ = q.shape
   K = k.shape[2]
   M = projection.shape[0]
   qf = _query_features(q, projection, root).reshape(B, T, K, N // K, M)
   a = _exponents(k, projection, root)  # [B,S,K,M]
-  frame = lax.stop_gradient(jnp.max(a, axis=(1, 3), keepdims=True))  # [B,1,K,1]
-  kf = jnp.exp(a - frame) * M ** -0.5
+  keep = kv_mask[:, :, None, None]
+  frame = lax.stop_gradient(jnp.max(jnp.where(keep, a, -jnp.inf), axis=(1, 3), keepdims=True))  # [B,1,K,1]
+  frame = jnp.where(jnp.isfinite(frame), frame, 0.0)  # no key at all
+  kf = jnp.where(keep, jnp.exp(jnp.where(keep, a, frame) - frame), 0.0) * M ** -0.5
   state = jnp.einsum("bskm,bskd->bkmd", kf, v.astype(jnp.float32))  # [B,K,M,Hv]
   z = jnp.sum(kf, axis=1)  # [B,K,M]
   num = jnp.einsum("btkgm,bkmd->btkgd", qf, state)
@@ -191,7 +201,7 @@ def _non_causal(q, k, v, projection, root, eps):
   return num / jnp.maximum(den, eps)[..., None]
 
 
-def _causal(q, k, v, projection, root, eps, c):
+def _causal(q, k, v, kv_mask, projection, root, eps, c):
   """Chunked causal FAVOR+; see the module docstring for the per-row stabiliser μ_i."""
   B, T, N, H = q.shape
   K, Hv = k.shape[2], v.shape[-1]
@@ -201,8 +211,8 @@ def _causal(q, k, v, projection, root, eps, c):
   if pad:
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     q, k, v = jnp.pad(q, widths), jnp.pad(k, widths), jnp.pad(v, widths)
+    kv_mask = jnp.pad(kv_mask, ((0, 0), (0, pad)))  # padded keys invisible
   chunks = lambda x: jnp.moveaxis(x.reshape(B, num_chunks, c, *x.shape[2:]), 1, 0)  # [nc,B,c,...]
-  valid = (jnp.arange(num_chunks * c) < T).reshape(num_chunks, c)
   tril = jnp.tril(jnp.ones((c, c), bool))  # [i, j]: j <= i
 
   def step(carry, xs):
@@ -211,30 +221,35 @@ def _causal(q, k, v, projection, root, eps, c):
     vc = vc.astype(jnp.float32)
     qf = _query_features(qc, projection, root).reshape(B, c, K, G, M)
     a = _exponents(kc, projection, root)  # [B,c,K,M]
-    alpha = jnp.where(valid_c[None, :, None], jnp.max(a, axis=-1), -jnp.inf)  # [B,c,K]
-    mu = lax.stop_gradient(jnp.maximum(m[:, None], lax.cummax(alpha, axis=1)))  # prefix max, [B,c,K]
-    kf = jnp.where(valid_c[None, :, None, None], jnp.exp(a - mu[..., None]), 0.0) * M ** -0.5  # key j in frame μ_j
+    alpha = jnp.where(valid_c[:, :, None], jnp.max(a, axis=-1), -jnp.inf)  # [B,c,K]
+    mu_seen = lax.stop_gradient(jnp.maximum(m[:, None], lax.cummax(alpha, axis=1)))  # prefix max, [B,c,K]
+    mu = jnp.where(jnp.isfinite(mu_seen), mu_seen, 0.0)  # rows with no visible key yet (their sums stay 0)
+    keep = valid_c[:, :, None, None]
+    kf = jnp.where(keep, jnp.exp(jnp.where(keep, a, mu[..., None]) - mu[..., None]), 0.0) * M ** -0.5  # frame μ_j
     # Inter-chunk: the state (frame m) seen by row i in frame μ_i ≥ m.
     r = jnp.exp(m[:, None] - mu)[..., None]  # [B,c,K,1]
     num = jnp.einsum("bikgm,bkmd->bikgd", qf, state) * r[..., None]
     den = jnp.einsum("bikgm,bkm->bikg", qf, z) * r
     # Intra-chunk: masked quadratic form in feature space, pair (i, j<=i) rescaled by exp(μ_j − μ_i) ≤ 1.
     mu_t = jnp.swapaxes(mu, 1, 2)  # [B,K,c]
-    shift = jnp.where(tril, mu_t[:, :, None, :] - mu_t[:, :, :, None], 0.0)  # [B,K,i,j]
+    pairs = tril & valid_c[:, None, None, :]  # [B,1,i,j]; an invisible j may sit in the floored frame 0
+    shift = jnp.where(pairs, mu_t[:, :, None, :] - mu_t[:, :, :, None], 0.0)  # [B,K,i,j]
     scores = jnp.einsum("bikgm,bjkm->bkgij", qf, kf)
     weights = jnp.where(tril, scores * jnp.exp(shift)[:, :, None], 0.0)  # [B,K,G,i,j]
     num = num + jnp.einsum("bkgij,bjkd->bikgd", weights, vc)
     den = den + jnp.moveaxis(jnp.sum(weights, axis=-1), 3, 1)  # [B,c,K,G]
     out = num / jnp.maximum(den, eps)[..., None]
     # Carry the state into the frame of the chunk's last position.
-    m_new = mu[:, -1]  # [B,K]
-    decay = jnp.exp(m - m_new)  # ≤ 1 (0 before the first chunk)
-    kf_new = kf * jnp.exp(mu - m_new[:, None])[..., None]
+    m_new = mu_seen[:, -1]  # [B,K]; -inf while no key was visible
+    m_frame = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    decay = jnp.exp(m - m_frame)  # ≤ 1 (0 before the first visible key)
+    kf_new = kf * jnp.exp(mu - m_frame[:, None])[..., None]
     state = state * decay[..., None, None] + jnp.einsum("bjkm,bjkd->bkmd", kf_new, vc)
     z = z * decay[..., None] + jnp.sum(kf_new, axis=1)
     return (state, z, m_new), out
 
   init = (jnp.zeros((B, K, M, Hv), jnp.float32), jnp.zeros((B, K, M), jnp.float32),
           jnp.full((B, K), -jnp.inf, jnp.float32))
-  _, out = lax.scan(step, init, (chunks(q), chunks(k), chunks(v), valid))  # [nc,B,c,K,G,Hv]
+  masks = jnp.moveaxis(kv_mask.reshape(B, num_chunks, c), 1, 0)  # [nc,B,c]
+  _, out = lax.scan(step, init, (chunks(q), chunks(k), chunks(v), masks))  # [nc,B,c,K,G,Hv]
   return jnp.moveaxis(out, 0, 1).reshape(B, num_chunks * c, N, Hv)[:, :T]
