@@ -14,7 +14,8 @@ def base_config(model: TransformerConfig, model_kind: str) -> ml_collections.Con
   c.data = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, grad_accum=1, log_every=50, eval_every=250,
-      eval_batches=4, eval_batch_size=64, tensorboard=True, average_last=0, average_every=0))
+      eval_batches=4, eval_batch_size=64, tensorboard=True, average_last=0, average_every=0,
+      diagnostics=False))  # diagnostics: per-layer, per-head attention statistics (and maps) at every evaluation
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
       b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, clip_norm=1.0, label_smoothing=0.0))

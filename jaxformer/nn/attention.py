@@ -19,7 +19,7 @@ from jaxformer.nn.cache import KVCache
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.nn.layers import constrain, param_init
 from jaxformer.nn.positions import alibi_bias, rope
-from jaxformer.nn.variants import Mixer, projections
+from jaxformer.nn.variants import Mixer, diagnose, projections
 
 
 class MultiHeadAttention(nn.Module):
@@ -85,9 +85,11 @@ class MultiHeadAttention(nn.Module):
 
     dropout = cfg.attention_dropout_rate if not deterministic else 0.0
     impl = cfg.attention_impl
+    kw = dict(causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset, dropout_rate=dropout,
+              dropout_rng=self.make_rng("dropout") if dropout else None, implementation=impl)
+    if is_self and cache is None and any(map(self.is_mutable_collection, ("attention_stats", "attention_maps"))):
+      diagnose(self, cfg, q, k, kw)
     if kind != "softmax":
-      kw = dict(causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset, dropout_rate=dropout,
-                dropout_rng=self.make_rng("dropout") if dropout else None, implementation=impl)
       out = Mixer(cfg, layer, name="mixer")(q, k, v, x, kw=kw, deterministic=deterministic, cached=cache is not None)
     elif impl == "ring" and cache is None and is_self:
       out = _ring(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, dropout=dropout)
@@ -95,9 +97,7 @@ class MultiHeadAttention(nn.Module):
       if impl == "ring":
         _log_ring_fallback("decoding with a KV cache" if cache is not None else "cross-attention")
         impl = None
-      out = attention(q, k, v, causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset,
-                      dropout_rate=dropout, dropout_rng=self.make_rng("dropout") if dropout else None,
-                      implementation=impl)  # [B, T, N, H]
+      out = attention(q, k, v, **dict(kw, implementation=impl))  # [B, T, N, H]
     out = constrain(out, ("batch", "length", "heads", "kv"))
     out = nn.DenseGeneral(
         x.shape[-1], axis=(-2, -1), use_bias=cfg.out_bias, dtype=cfg.compute_dtype,

@@ -23,6 +23,8 @@ Costs are in each function's docstring (jaxformer/attention/variants/).
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -185,3 +187,64 @@ class Mixer(nn.Module):
     zeros = lambda n, length: jnp.zeros((B, length, n, 1), v.dtype)  # noqa: E731
     bias = logits.astype(jnp.float32) + (0.0 if kw["bias"] is None else kw["bias"])
     return attention(zeros(N, T), zeros(v.shape[2], S), v, **dict(kw, bias=bias, scale=1.0))
+
+
+STATS_KINDS = ("softmax", "local", "sinks")  # kinds whose weights are one softmax over the tokens
+MAP_KINDS = STATS_KINDS + ("linear",)
+MAX_ROWS = 256  # query rows sampled for the statistics of longer sequences
+MAX_MAP_LEN = 256  # attention maps only for inputs up to this long
+
+
+def diagnose(module: nn.Module, cfg: TransformerConfig, q, k, kw: dict) -> None:
+  """Sow this layer's attention diagnostics, when the caller asked for them by making the collection mutable:
+
+    "attention_stats": per-head means [N] over the batch and the non-padding query rows of the entropy, largest
+      logit, largest weight and first-token ("sink") mass of each row's attention (`attention_stats`, blockwise,
+      never the [T, S] matrix; rows sampled evenly down to MAX_ROWS for long inputs);
+    "attention_maps": the weights [B, N, T, S] for inputs up to MAX_MAP_LEN tokens.
+
+  Kinds without one softmax over the tokens are skipped (logged once): stats for STATS_KINDS (for "sinks", the
+  softmax over the tokens, without the sink), maps for MAP_KINDS (for "linear", its normalised weights
+  phi(q)·phi(k) / Σ).
+  """
+  from jaxformer.attention.diagnostics import attention_probs, attention_stats, summarize
+  kind = cfg.attention.kind
+  window = None
+  if kind == "local" or (kind == "sinks" and cfg.attention.window):
+    window = (cfg.attention.window, 0 if kw["causal"] else cfg.attention.window)
+  mask = dict(causal=kw["causal"], segment_ids=kw["segment_ids"], window=window, bias=kw["bias"],
+              q_offset=kw["q_offset"])
+  segments = _segments(kw["segment_ids"])
+  T = q.shape[1]
+  if module.is_mutable_collection("attention_stats"):
+    if kind in STATS_KINDS:
+      stats = attention_stats(q, k, rows=None if T <= MAX_ROWS else MAX_ROWS, **mask)
+      module.sow("attention_stats", "heads", summarize(stats, segment_ids=segments))
+    else:
+      _log_skip("statistics", kind)
+  if module.is_mutable_collection("attention_maps") and T <= MAX_MAP_LEN:
+    if kind in STATS_KINDS:
+      module.sow("attention_maps", "weights", attention_probs(q, k, **mask))
+    elif kind == "linear":
+      module.sow("attention_maps", "weights", _linear_weights(cfg, q, k, kw["causal"], segments))
+    else:
+      _log_skip("maps", kind)
+
+
+def _linear_weights(cfg, q, k, causal, segment_ids):
+  """Linear attention's implied weights A_ij = phi(q_i)·phi(k_j) / Σ_j' phi(q_i)·phi(k_j') [B,N,T,S]."""
+  phi = (lambda x: jax.nn.elu(x) + 1.0) if cfg.attention.feature_map == "elu1" else jax.nn.relu
+  G = q.shape[2] // k.shape[2]
+  a = jnp.einsum("btnh,bsnh->bnts", phi(q.astype(jnp.float32)), jnp.repeat(phi(k.astype(jnp.float32)), G, axis=2))
+  T, S = a.shape[-2:]
+  if causal:
+    a = jnp.where(jnp.tril(jnp.ones((T, S), bool)), a, 0.0)
+  if segment_ids is not None:
+    a = jnp.where(segment_ids[:, None, :, None] == segment_ids[:, None, None, :], a, 0.0)
+  return jax.lax.stop_gradient(a / jnp.maximum(jnp.sum(a, axis=-1, keepdims=True), 1e-6))
+
+
+@functools.cache
+def _log_skip(what: str, kind: str) -> None:
+  logging.getLogger("jaxformer.nn").warning(
+      "attention diagnostics: no %s for model.attention.kind=%r (it has no single softmax over the tokens)", what, kind)

@@ -29,6 +29,7 @@ from jaxformer.nn.config import TransformerConfig
 from jaxformer.parallel import RULES, check_batch, initialize_distributed, is_main_process, make_mesh
 from jaxformer.parallel.mesh import common_shape, put_global_batch, shard_batch
 from jaxformer.train.checkpoint import CheckpointError, Checkpoints, abstract_like, save_params, write_run_info
+from jaxformer.train.diagnostics import flat_scalars, make_diagnostics_fn
 from jaxformer.train.evaluate import evaluate, exact_match, translation_bleu
 from jaxformer.train.metrics import MetricWriter, plot_loss_curves
 from jaxformer.train.optim import make_optimizer
@@ -196,6 +197,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
                          out_shardings=(state_sh, None), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(model, config.model_kind))
     eval_set = [put_global_batch(mesh, b) for b in ds.eval_batches(tc.eval_batches, tc.eval_batch_size)]
+    diagnose = make_diagnostics_fn(model, config.model_kind) if tc.get("diagnostics") else None
 
     def checkpoint(step, eval_loss=None):
       position = batches.get_state()
@@ -238,6 +240,10 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
           if evaluating:
             ev = evaluate(eval_step, state.params, eval_set)
             writer.write(done, "eval", ev)
+            if diagnose is not None:  # on the first evaluation batch
+              stats, maps = diagnose(state.params, eval_set[0])
+              writer.write(done, "attention", flat_scalars(stats))
+              writer.write_maps(done, maps)
             if main:
               bar.write(f"step {done:>6}  eval loss {ev['nll']:.4f}  ppl {ev['perplexity']:.3f}  "
                         f"acc {ev['accuracy']:.4f}")

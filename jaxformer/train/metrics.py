@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import jax
+import numpy as np
 
 log = logging.getLogger("jaxformer.train")
 
@@ -36,6 +37,16 @@ class MetricWriter:
       for k, v in metrics.items():
         self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
       self.tb.flush()
+
+  def write_maps(self, step: int, maps: dict) -> None:
+    """Attention maps {layer: [B, N, T, S]} to TensorBoard: the first example's heads, each scaled to its max."""
+    if not self.active or self.tb is None:
+      return
+    for layer, weights in maps.items():
+      heads = np.asarray(weights[0], np.float32)  # [N, T, S]
+      heads = heads / np.maximum(heads.max(axis=(1, 2), keepdims=True), 1e-9)
+      self.tb.add_images(f"attention_maps/{layer}", heads[:, None], int(step), dataformats="NCHW")
+    self.tb.flush()
 
   def close(self) -> None:
     if self.active:
