@@ -1,10 +1,11 @@
-"""`jaxformer train | eval | generate | prepare`: a thin command line over importable functions.
+"""`jaxformer train | eval | generate | prepare | export | compare`: a thin command line over importable functions.
 
   jaxformer train [--config experiments/NAME.py | NAME] [--workdir DIR] [--config.key=value ...]
   jaxformer eval --config experiments/NAME.py --workdir DIR [--split test] [--config.key=value ...]
   jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
   jaxformer prepare TFDS_NAME [--data-dir DIR]
   jaxformer export --workdir DIR --out DIR [--step N]
+  jaxformer compare [--suite experiments/compare_attention.py] [--kinds a,b] [--studies s] [--out DIR] [--smoke]
 
 `train` resumes from the newest checkpoint in --workdir when there is one: rerun an interrupted
 command to continue it exactly.
@@ -100,6 +101,19 @@ def _generate(args) -> int:
   return 0
 
 
+def _compare(args) -> int:
+  from jaxformer.nn.config import ATTENTION_KINDS
+  from jaxformer.train.compare import compare
+
+  logging.getLogger("jaxformer.compare").setLevel(logging.INFO)  # one line per run; the runs themselves are quiet
+  kinds = args.kinds.split(",") if args.kinds else ATTENTION_KINDS
+  studies = args.studies.split(",") if args.studies else None
+  records = compare(args.out, suite=args.suite, kinds=kinds, studies=studies, smoke=args.smoke)
+  print((Path(args.out) / "results.md").read_text())
+  print(f"{len(records)} runs; table: {Path(args.out) / 'results.md'}   plot: {Path(args.out) / 'comparison.png'}")
+  return 0
+
+
 def _early_stopping(value: str):
   choices = {"true": True, "false": False, "never": "never"}
   if value.lower() not in choices:
@@ -154,17 +168,23 @@ def main(argv: list[str] | None = None) -> int:
   ex.add_argument("--workdir", required=True, help="the run directory of `jaxformer train`")
   ex.add_argument("--out", required=True, help="output directory (readable by eval / generate --checkpoint)")
   ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  cm = sub.add_parser("compare", help="train every attention kind on the same tasks and budget: a table and a plot")
+  cm.add_argument("--suite", default=None, help="suite file (default: experiments/compare_attention.py)")
+  cm.add_argument("--kinds", default=None, help="comma-separated model.attention.kind values (default: all)")
+  cm.add_argument("--studies", default=None, help="comma-separated study names of the suite (default: all)")
+  cm.add_argument("--out", default="runs/compare", help="output directory (runs, results.md, comparison.png)")
+  cm.add_argument("--smoke", action="store_true", help="the suite's tiny budget (a check that everything runs)")
   _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)
-  if args.command in ("generate", "prepare", "export"):
+  if args.command in ("generate", "prepare", "export", "compare"):
     if rest:
       parser.error(f"unrecognised arguments {rest}")
-    logging.basicConfig(level=logging.WARNING if args.command == "generate" else logging.INFO,
+    logging.basicConfig(level=logging.WARNING if args.command in ("generate", "compare") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     from jaxformer.train.checkpoint import CheckpointError
     try:
-      return {"generate": _generate, "prepare": _prepare, "export": _export}[args.command](args)
+      return {"generate": _generate, "prepare": _prepare, "export": _export, "compare": _compare}[args.command](args)
     except (FileNotFoundError, ModuleNotFoundError, ValueError, CheckpointError) as e:
       print(f"jaxformer {args.command}: {e}", file=sys.stderr)
       return 2

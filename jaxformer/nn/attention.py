@@ -87,7 +87,8 @@ class MultiHeadAttention(nn.Module):
     impl = cfg.attention_impl
     kw = dict(causal=self.causal, segment_ids=segment_ids, bias=bias, q_offset=q_offset, dropout_rate=dropout,
               dropout_rng=self.make_rng("dropout") if dropout else None, implementation=impl)
-    if is_self and cache is None and any(map(self.is_mutable_collection, ("attention_stats", "attention_maps"))):
+    if (is_self and cache is None and not self.is_initializing()
+        and any(map(self.is_mutable_collection, ("attention_stats", "attention_maps")))):
       diagnose(self, cfg, q, k, kw)
     if kind != "softmax":
       out = Mixer(cfg, layer, name="mixer")(q, k, v, x, kw=kw, deterministic=deterministic, cached=cache is not None)

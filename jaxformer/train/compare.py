@@ -1,0 +1,147 @@
+"""`jaxformer compare`: train every attention kind on the same tasks with the same budget; write a table and a plot.
+
+A suite file (default experiments/compare_attention.py) defines `get_studies(smoke: bool)`, a list of studies:
+
+    dict(name="mqar", config="mqar", sweep=("model.d_model", [32, 64, 128]), metric="accuracy",
+         overrides=["train.steps=1500"], title="MQAR: recall accuracy vs model width")
+
+Every (kind, sweep value) pair is one `train()` run of the study's experiment config with `model.attention.kind`
+and the swept key overridden, nothing else: same data, steps, batch, optimizer and seed. `kind_overrides` (a dict
+kind -> overrides) sizes a kind's own settings to the task, e.g. a local window shorter than the sequence. Runs live in
+`<out>/runs/<study>/<kind>/<key>=<value>`; a finished run (results.json present) is reused, so an interrupted
+comparison continues where it stopped. `<out>/results.json`, `<out>/results.md` (one table per study) and
+`<out>/comparison.png` (metric vs the swept value, one line per kind) are rewritten after every run.
+A kind that cannot run a task (e.g. bidirectional Linformer on a causal LM) is recorded as skipped, with why.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+
+from jaxformer.config import EXPERIMENTS_DIR, ConfigError, load_config
+from jaxformer.nn.config import ATTENTION_KINDS
+
+log = logging.getLogger("jaxformer.compare")
+DEFAULT_SUITE = EXPERIMENTS_DIR / "compare_attention.py"
+STUDY_KEYS = {"name", "config", "sweep", "metric", "overrides", "kind_overrides", "title"}
+
+
+def load_studies(suite: str | Path | None = None, smoke: bool = False) -> list[dict]:
+  path = Path(suite) if suite else DEFAULT_SUITE
+  if not path.is_file():
+    raise ConfigError(f"comparison suite {path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"jaxformer_suite_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  studies = module.get_studies(smoke=smoke)
+  for study in studies:
+    unknown = set(study) - STUDY_KEYS
+    missing = {"name", "config", "sweep"} - set(study)
+    if unknown or missing:
+      raise ConfigError(f"study {study.get('name')!r} in {path}: unknown keys {sorted(unknown)}, missing "
+                        f"{sorted(missing)}; a study has {sorted(STUDY_KEYS)}")
+  return studies
+
+
+def _run(study: dict, kind: str, value, workdir: Path) -> dict:
+  from jaxformer.train import train
+
+  key = study["sweep"][0]
+  record = {"study": study["name"], "kind": kind, "key": key, "value": value}
+  done = workdir / "results.json"
+  if done.is_file():
+    results = json.loads(done.read_text())
+  else:
+    overrides = [*study.get("overrides", ()), *study.get("kind_overrides", {}).get(kind, ()),
+                 f"model.attention.kind={kind}", f"{key}={value}"]
+    try:
+      config = load_config(study["config"], overrides)
+      start = time.time()
+      results = train(config, workdir, progress=False)
+      results["compare_s"] = round(time.time() - start, 1)
+      done.write_text(json.dumps(results, indent=1))
+    except (ValueError, ConfigError) as e:  # the kind cannot serve this task: recorded, not fatal
+      log.warning("compare: %s with kind=%s, %s=%s skipped: %s", study["name"], kind, key, value, e)
+      return {**record, "skipped": str(e).splitlines()[0]}
+  metric = study.get("metric", "accuracy")
+  return {**record, metric: results["eval"][metric], "nll": results["eval"]["nll"],
+          "seconds": results.get("compare_s", results.get("total_s")), "num_params": results.get("num_params")}
+
+
+def compare(out: str | Path, *, suite: str | Path | None = None, kinds=ATTENTION_KINDS, studies=None,
+            smoke: bool = False) -> list[dict]:
+  """Run the suite (only the named `studies` if given) for `kinds`; returns the records and writes the report."""
+  out = Path(out)
+  unknown = sorted(set(kinds) - set(ATTENTION_KINDS))
+  if unknown:
+    raise ConfigError(f"unknown attention kinds {unknown}; known: {ATTENTION_KINDS}")
+  chosen = [s for s in load_studies(suite, smoke) if not studies or s["name"] in studies]
+  if studies and len(chosen) != len(set(studies)):
+    raise ConfigError(f"unknown studies {sorted(set(studies) - {s['name'] for s in chosen})}")
+  records, start = [], time.time()
+  for study in chosen:
+    key, values = study["sweep"]
+    for value in values:
+      for kind in kinds:
+        records.append(_run(study, kind, value, out / "runs" / study["name"] / kind / f"{key}={value}"))
+        write_report(out, chosen, records, time.time() - start)
+        log.info("compare: %s", records[-1])
+  return records
+
+
+def write_report(out: Path, studies: list[dict], records: list[dict], elapsed: float) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(records, indent=1))
+  lines = [f"Generated by `jaxformer compare` in {elapsed / 60:.1f} min; every cell one run with the same budget.", ""]
+  for study in studies:
+    key, values = study["sweep"]
+    metric = study.get("metric", "accuracy")
+    rows = [r for r in records if r["study"] == study["name"]]
+    if not rows:
+      continue
+    lines += [f"### {study.get('title', study['name'])}", "",
+              f"`{study['config']}` with {' '.join(study.get('overrides', [])) or 'its defaults'}; {metric} by "
+              f"`{key}`:", "", "| kind | " + " | ".join(map(str, values)) + " | time (s) |",
+              "|---" * (len(values) + 2) + "|"]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+      cells, seconds = [], 0.0
+      for value in values:
+        r = next((r for r in rows if r["kind"] == kind and r["value"] == value), None)
+        if r is None:
+          cells.append("")
+        elif "skipped" in r:
+          cells.append("n/a")
+        else:
+          cells.append(f"{r[metric]:.3f}")
+          seconds += r["seconds"] or 0.0
+      lines.append(f"| {kind} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    skipped = {r["kind"]: r["skipped"] for r in rows if "skipped" in r}
+    lines += [""] + [f"- {kind}: n/a, {why}" for kind, why in skipped.items()] + [""]
+  (out / "results.md").write_text("\n".join(lines))
+  _plot(out / "comparison.png", studies, records)
+
+
+def _plot(path: Path, studies: list[dict], records: list[dict]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4), dpi=100, squeeze=False)
+  for ax, study in zip(axes[0], studies):
+    key, values = study["sweep"]
+    metric = study.get("metric", "accuracy")
+    rows = [r for r in records if r["study"] == study["name"] and metric in r]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+      points = sorted((r["value"], r[metric]) for r in rows if r["kind"] == kind)
+      ax.plot(*zip(*points), "o-", label=kind, lw=2.5 if kind == "softmax" else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.set(title=study.get("title", study["name"]), xlabel=key, ylabel=metric)
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
