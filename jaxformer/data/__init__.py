@@ -1,7 +1,7 @@
 """Data: tokenizers, TFDS pipelines, packing/bucketing and synthetic tasks.
 
-`build_dataset(config.data, seed, cache_dir)` is the entry. Every dataset has `kind` ("lm", "seq2seq"
-or "classification"), `tokenizer`, `vocab_size`, `eval_batches(n, batch_size)` and either
+`build_dataset(config.data, seed, cache_dir)` is the entry. Every dataset has `kind` ("lm", "seq2seq",
+"classification" or "pair_classification"), `tokenizer`, `vocab_size`, `eval_batches(n, batch_size)` and either
 `train_iterator(batch_size)` (resumable: `get_state` / `set_state`) or `train_batch(step, batch_size)`
 (a pure function of the step); `pipeline.train_batches(ds, batch_size)` gives the iterator for both.
 """
@@ -9,6 +9,7 @@ import inspect
 from types import SimpleNamespace
 
 from jaxformer.data.listops import ListOps
+from jaxformer.data.lra import PathfinderData, PixelData, RetrievalData
 from jaxformer.data.pipeline import BucketedBatches, PackedBatches, PaddedBatches, StepBatches, examples, train_batches
 from jaxformer.data.recall import MQAR, AssociativeRecall
 from jaxformer.data.sources import DatasetMissingError, prepare, tfds_source
@@ -43,6 +44,11 @@ DEFAULTS = {
     "classification": dict(_TFDS, text_key="text", label_key="label", num_classes=2, tokenizer="byte",
                            vocab_size=32000, spm_max_chars=10_000_000, max_len=512),
     "char_lm": dict(_TFDS, text_key="text", seq_len=256),
+    # Long Range Arena (jaxformer/data/lra.py): images as gray pixel tokens; the release's Pathfinder and AAN files
+    "pixels": dict(_TFDS, image_key="image", label_key="label", num_classes=10),
+    "pathfinder": dict(_TFDS, eval_split="validation", image_key="image", label_key="label", num_classes=2,
+                       resolution=32, difficulty="hard"),
+    "retrieval": dict(_TFDS, max_len=4000),
 }
 # Known TFDS datasets: their task and the defaults that differ for them.
 PRESETS = {
@@ -53,7 +59,11 @@ PRESETS = {
     "lm1b": ("lm", dict(eval_split="test", seq_len=256)),
     "imdb_reviews": ("classification", dict(eval_split="test", tokenizer="byte", max_len=4096)),  # LRA Text: 4K bytes
     "tiny_shakespeare": ("char_lm", dict(seq_len=256)),
+    "cifar10": ("pixels", dict(train_split="train[:90%]", eval_split="train[90%:]")),  # LRA Image, LRA's split
+    "lra_pathfinder": ("pathfinder", {}),  # data.data_dir: the extracted lra_release
+    "lra_retrieval": ("retrieval", {}),  # data.data_dir: the extracted lra_release
 }
+LRA_TASKS = {"pixels": PixelData, "pathfinder": PathfinderData, "retrieval": RetrievalData}
 # Generated in-process: data.name -> class; the other data keys are its constructor's arguments.
 GENERATED = {"mqar": MQAR, "associative_recall": AssociativeRecall, "listops": ListOps}
 LOCAL = ("stdlib_chars", "text_file", *TASKS, *GENERATED)
@@ -102,6 +112,8 @@ def build_dataset(data_config, seed: int, cache_dir=None, tokenizer=None):
     return PackedLMData(data, seed, cache_dir, tokenizer=tokenizer)
   if task == "classification":
     return TextClassificationData(data, seed, cache_dir, tokenizer=tokenizer)
+  if task in LRA_TASKS:
+    return LRA_TASKS[task](data, seed, cache_dir, tokenizer=tokenizer)
   source_fn = None
   if name == "toy_translation":
     from jaxformer.data.sources import toy_source
@@ -110,7 +122,8 @@ def build_dataset(data_config, seed: int, cache_dir=None, tokenizer=None):
 
 
 __all__ = ["build_dataset", "resolve", "DEFAULTS", "PRESETS", "CharLMData", "PackedLMData", "TextClassificationData",
-           "TranslationData", "Seq2SeqTask", "MQAR", "AssociativeRecall", "ListOps", "CharTokenizer", "ByteTokenizer",
+           "TranslationData", "Seq2SeqTask", "MQAR", "AssociativeRecall", "ListOps", "PixelData", "PathfinderData",
+           "RetrievalData", "CharTokenizer", "ByteTokenizer",
            "WordTokenizer", "SentencePieceTokenizer",
            "stdlib_corpus", "text_file_corpus", "load_tokenizer", "save_tokenizer", "DatasetMissingError", "prepare",
            "tfds_source", "examples", "PackedBatches", "BucketedBatches", "PaddedBatches", "StepBatches",

@@ -1,8 +1,9 @@
 """Model families. `build_model(kind, cfg)` maps a config's `model_kind` to a module."""
-from jaxformer.models.transformer import DecoderOnly, EncoderClassifier, EncoderDecoder
+from jaxformer.models.transformer import DecoderOnly, DualEncoderClassifier, EncoderClassifier, EncoderDecoder
 from jaxformer.nn.config import TransformerConfig
 
-MODELS = {"decoder_only": DecoderOnly, "encoder_decoder": EncoderDecoder, "encoder_classifier": EncoderClassifier}
+MODELS = {"decoder_only": DecoderOnly, "encoder_decoder": EncoderDecoder, "encoder_classifier": EncoderClassifier,
+          "dual_encoder_classifier": DualEncoderClassifier}
 
 
 def build_model(kind: str, cfg: TransformerConfig):
@@ -11,4 +12,5 @@ def build_model(kind: str, cfg: TransformerConfig):
   return MODELS[kind](cfg)
 
 
-__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderClassifier", "TransformerConfig", "MODELS", "build_model"]
+__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderClassifier", "DualEncoderClassifier", "TransformerConfig", "MODELS",
+           "build_model"]

@@ -6,6 +6,8 @@
   with one embedding shared by source, target and output (section 3.4).
 - `EncoderClassifier`: a bidirectional encoder with a pooled classification head
   (BERT / Long Range Arena style).
+- `DualEncoderClassifier`: one encoder reads each of two documents alone; an MLP classifies
+  the pair (Long Range Arena's Retrieval task).
 
 Padding: when `segment_ids` is not given and `cfg.pad_id` is set, tokens equal
 to `pad_id` form segment 0 and real tokens segment 1, so no real token attends
@@ -177,6 +179,25 @@ class EncoderDecoder(nn.Module):
                        deterministic=deterministic)
 
 
+def encode_pooled(cfg: TransformerConfig, embedder: Embedder, encoder: Stack, tokens, positions, segment_ids,
+                  deterministic: bool):
+  """tokens [B, T] -> one vector per row [B, D]: the encoder's output at the first token (`pooling="first"`) or
+  averaged over the real (non-padding) tokens ("mean")."""
+  positions = default_positions(tokens, positions)
+  segment_ids = default_segments(cfg, tokens, segment_ids)
+  x = embedder(tokens, positions, deterministic)
+  x = encoder(x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)  # [B, T, D]
+  if cfg.pooling == "first":
+    return x[:, 0]
+  keep = (segment_ids > 0 if segment_ids is not None else jnp.ones(tokens.shape, bool))[..., None]
+  return jnp.sum(jnp.where(keep, x, 0), axis=1) / jnp.maximum(jnp.sum(keep, axis=1), 1)
+
+
+def _dense(cfg: TransformerConfig, features: int, axes: tuple, name: str):
+  return nn.DenseGeneral(features, dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype),
+                         kernel_init=param_init(cfg, axes), bias_init=param_init(cfg, axes[-1:], "zeros"), name=name)
+
+
 class EncoderClassifier(nn.Module):
   """Bidirectional encoder + pooling + linear head: tokens [B, T] -> logits [B, num_classes]."""
   cfg: TransformerConfig
@@ -184,16 +205,41 @@ class EncoderClassifier(nn.Module):
   @nn.compact
   def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True):
     cfg = self.cfg
-    positions = default_positions(tokens, positions)
-    segment_ids = default_segments(cfg, tokens, segment_ids)
-    x = Embedder(cfg, name="embedder")(tokens, positions, deterministic)
-    x = Stack(cfg, cfg.num_layers, name="encoder")(
-        x, positions=positions, segment_ids=segment_ids, deterministic=deterministic)
-    if cfg.pooling == "first":
-      pooled = x[:, 0]
-    else:
-      keep = (segment_ids > 0 if segment_ids is not None else jnp.ones(tokens.shape, bool))[..., None]
-      pooled = jnp.sum(jnp.where(keep, x, 0), axis=1) / jnp.maximum(jnp.sum(keep, axis=1), 1)
-    return nn.DenseGeneral(cfg.num_classes, dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype),
-                           kernel_init=param_init(cfg, ("embed", "classes")),
-                           bias_init=param_init(cfg, ("classes",), "zeros"), name="head")(pooled).astype(jnp.float32)
+    pooled = encode_pooled(cfg, Embedder(cfg, name="embedder"), Stack(cfg, cfg.num_layers, name="encoder"), tokens,
+                           positions, segment_ids, deterministic)
+    return _dense(cfg, cfg.num_classes, ("embed", "classes"), "head")(pooled).astype(jnp.float32)
+
+
+class DualEncoderClassifier(nn.Module):
+  """Long Range Arena's Retrieval model (Tay et al. 2021, section 2.3): two documents [B, T1], [B, T2] ->
+  logits [B, num_classes]. One encoder (the same weights) reads each document alone, so nothing attends across
+  the pair; the pooled u, v [B, D] are combined as [u, v, u*v, u-v] and classified by the release's MLP
+  (`classifier_head_dual`: Dense(mlp_dim), ReLU, Dense(mlp_dim / 2), ReLU, Dense(num_classes))."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = Embedder(cfg)
+    self.encoder = Stack(cfg, cfg.num_layers)
+    self.mlp = _dense(cfg, cfg.mlp_dim, (None, "mlp"), "mlp")
+    self.mlp2 = _dense(cfg, cfg.mlp_dim // 2, ("mlp", None), "mlp2")
+    self.head = _dense(cfg, cfg.num_classes, (None, "classes"), "head")
+
+  def encode(self, tokens, *, positions=None, segment_ids=None, deterministic: bool = True):
+    """One document per row [B, T] -> its pooled encoding [B, D]."""
+    return encode_pooled(self.cfg, self.embedder, self.encoder, tokens, positions, segment_ids, deterministic)
+
+  def classify(self, u, v):
+    """The pooled encodings of the two documents [B, D] each -> logits [B, num_classes] (float32)."""
+    h = jnp.concatenate([u, v, u * v, u - v], axis=-1)  # [B, 4D]
+    h = nn.relu(self.mlp(h))
+    h = nn.relu(self.mlp2(h))
+    return self.head(h).astype(jnp.float32)
+
+  def __call__(self, inputs1, inputs2, *, inputs1_positions=None, inputs1_segment_ids=None, inputs2_positions=None,
+               inputs2_segment_ids=None, deterministic: bool = True):
+    u = self.encode(inputs1, positions=inputs1_positions, segment_ids=inputs1_segment_ids,
+                    deterministic=deterministic)
+    v = self.encode(inputs2, positions=inputs2_positions, segment_ids=inputs2_segment_ids,
+                    deterministic=deterministic)
+    return self.classify(u, v)

@@ -115,7 +115,8 @@ def evaluate_run(config, workdir, split: str | None = None) -> dict:
   if split and not has_splits:
     raise ValueError(f"data.name={config.data.name!r} has no named splits (one held-out set); drop --split")
   split = split or (ds.data.eval_split if has_splits else "validation")
-  model_kind = {"lm": "decoder_only", "seq2seq": "encoder_decoder", "classification": "encoder_classifier"}[ds.kind]
+  model_kind = {"lm": "decoder_only", "seq2seq": "encoder_decoder", "classification": "encoder_classifier",
+                "pair_classification": "dual_encoder_classifier"}[ds.kind]
   eval_step = jax.jit(make_eval_step(model, model_kind))
   tc = config.train
   batches = (ds.eval_batches(tc.eval_batches, tc.eval_batch_size, split=split) if has_splits

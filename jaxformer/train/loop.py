@@ -36,7 +36,8 @@ from jaxformer.train.optim import make_optimizer
 from jaxformer.train.step import make_eval_step, make_train_step, plan_train_state
 
 log = logging.getLogger("jaxformer.train")
-_DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification"}
+_DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification",
+                   "dual_encoder_classifier": "pair_classification"}
 
 
 class NonFiniteLossError(FloatingPointError):

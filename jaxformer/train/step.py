@@ -68,15 +68,22 @@ def create_train_state(params, tx, seed: int) -> TrainState:
                     rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))
 
 
+CLASSIFIERS = ("encoder_classifier", "dual_encoder_classifier")  # one label per example: batch["label"]
+
+
 def _model_args(model_kind: str, batch: dict):
   if model_kind == "encoder_decoder":
     return batch["inputs"], batch["decoder_inputs"]
+  if model_kind == "dual_encoder_classifier":
+    return batch["inputs1"], batch["inputs2"]
   return (batch["inputs"],)
 
 
 def _model_kwargs(model_kind: str, batch: dict):
   if model_kind == "encoder_decoder":
     keys = ("inputs_positions", "inputs_segment_ids", "decoder_positions", "decoder_segment_ids")
+  elif model_kind == "dual_encoder_classifier":
+    keys = ("inputs1_positions", "inputs1_segment_ids", "inputs2_positions", "inputs2_segment_ids")
   else:
     keys = ("positions", "segment_ids")
   return {k: batch[k] for k in keys if k in batch}
@@ -84,10 +91,10 @@ def _model_kwargs(model_kind: str, batch: dict):
 
 def targets_and_weights(model_kind: str, batch: dict, pad_id: int | None):
   """Targets and per-target loss weights (padding targets weigh 0)."""
-  targets = batch["label"] if model_kind == "encoder_classifier" else batch["targets"]
+  targets = batch["label"] if model_kind in CLASSIFIERS else batch["targets"]
   if "weights" in batch:
     return targets, batch["weights"].astype(jnp.float32)
-  if pad_id is None or model_kind == "encoder_classifier":
+  if pad_id is None or model_kind in CLASSIFIERS:
     return targets, jnp.ones(targets.shape, jnp.float32)
   return targets, (targets != pad_id).astype(jnp.float32)
 
