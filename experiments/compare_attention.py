@@ -24,8 +24,10 @@ def get_studies(smoke: bool = False):
            sweep=("model.d_model", [32, 64] if smoke else [16, 32, 64]), metric="accuracy",
            overrides=mqar_budget, kind_overrides=SIZES),
       dict(name="listops", config="lra_listops", title="ListOps: accuracy vs maximum length",
-           sweep=("data.max_length", [64] if smoke else [128, 256, 512]), metric="accuracy",
+           sweep=(("data.max_length", "data.max_len", "model.max_len"), [64] if smoke else [128, 256, 512]),
+           metric="accuracy",
            overrides=["model.num_layers=2", "model.d_model=64", "model.num_heads=2", "model.mlp_dim=128",
-                      "data.min_length=32", "model.max_len=512", "data.max_len=512", "train.batch_size=32",
+                      "data.min_length=32", "train.batch_size=32",
+                      "model.dropout_rate=0.0", "optim.schedule=cosine", "optim.lr=1e-3", "optim.warmup_steps=100",
                       *listops_budget], kind_overrides=SIZES),
   ]
