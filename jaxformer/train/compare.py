@@ -132,11 +132,10 @@ def write_report(out: Path, studies: list[dict], records: list[dict], elapsed: f
 
 
 def _plot(path: Path, studies: list[dict], records: list[dict]) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from jaxformer.train.metrics import new_figure
 
-  fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4), dpi=100, squeeze=False)
+  fig = new_figure(figsize=(5.5 * len(studies), 4))
+  axes = fig.subplots(1, len(studies), squeeze=False)
   for ax, study in zip(axes[0], studies):
     key, values = _label(study["sweep"][0]), study["sweep"][1]
     metric = study.get("metric", "accuracy")
@@ -151,4 +150,3 @@ def _plot(path: Path, studies: list[dict], records: list[dict]) -> None:
   axes[0][-1].legend(fontsize=8, loc="best")
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)

@@ -62,12 +62,9 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 
 def plot_loss_curves(workdir: str | Path, out_name: str = "loss.png") -> Path:
   """Train and eval loss against step, from metrics.jsonl, saved as a PNG in the workdir."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   records = read_metrics(workdir)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  fig = new_figure(figsize=(6, 4))
+  ax = fig.subplots()
   for split, key, style in (("train", "loss", "-"), ("eval", "nll", "o-")):
     pts = [(r["step"], r[key]) for r in records if r["split"] == split and key in r and math.isfinite(r[key])]
     if pts:
@@ -79,5 +76,13 @@ def plot_loss_curves(workdir: str | Path, out_name: str = "loss.png") -> Path:
   fig.tight_layout()
   out = Path(workdir) / out_name
   fig.savefig(out)
-  plt.close(fig)
   return out
+
+
+def new_figure(**kw):
+  """A matplotlib Figure drawn off-screen without pyplot, so saving plots never changes a notebook's backend."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(dpi=100, **kw)
+  FigureCanvasAgg(fig)
+  return fig
