@@ -11,7 +11,7 @@ sequence length. Kind settings are sized to the tasks (a local window and blocks
 that no kind silently degenerates into full attention.
 """
 
-SIZES = {"local": ["model.attention.window=16"], "sinks": ["model.attention.window=0"],
+SIZES = {"local": ["model.attention.window=16"],
          "bigbird": ["model.attention.block_size=8"], "lsh": ["model.attention.chunk_size=16"],
          "performer": ["model.attention.num_features=64"]}
 

@@ -169,6 +169,9 @@ def config_to_hf(cfg: TransformerConfig, model_type: str) -> dict:
   if model_type not in SUPPORTED:
     raise ValueError(f"model_type {model_type!r} is not supported; jaxformer.hub exports {list(SUPPORTED)}")
   _require(cfg, model_type, pre_norm=True, scale_embeddings=False)
+  if cfg.attention.kind != "softmax":
+    raise ValueError(f"model.attention.kind={cfg.attention.kind!r} cannot be exported as an HF {model_type!r} model: "
+                     "HF runs exact softmax attention")
   out = {"model_type": model_type, "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
          "dtype": cfg.param_dtype}
   if model_type == "gpt2":

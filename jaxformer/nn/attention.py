@@ -72,8 +72,11 @@ class MultiHeadAttention(nn.Module):
     if is_self and positions is None:
       positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
     if is_self and cfg.position == "rope":
-      q = rope(q, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)
-      k = rope(k, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)
+      rotate = lambda x: rope(x, positions, cfg.rope_theta, cfg.rope_fraction, cfg.rope_scaling)  # noqa: E731
+      if kind == "differential":  # each half of a head is its own query/key (q1, q2): rotated on its own
+        rotate = lambda x, whole=rotate: whole(  # noqa: E731
+            x.reshape(*x.shape[:2], 2 * x.shape[2], x.shape[3] // 2)).reshape(x.shape)
+      q, k = rotate(q), rotate(k)
     kv_positions, q_offset = positions, 0
     if is_self and cache is not None:
       write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731

@@ -30,7 +30,8 @@ class AttentionConfig:
   is always exact softmax attention.
   """
   kind: str = "softmax"
-  window: int = 128  # local: keys within `window` positions (left only when causal); sinks: 0 = unbounded
+  window: int = 128  # local: keys within `window` positions each side (left only when causal)
+  sink_window: int = 0  # sinks: 0 = all keys (off-by-one softmax); > 0 a sliding window (StreamingLLM-like)
   feature_map: str = "elu1"  # linear: "elu1" (Katharopoulos et al.) or "relu"
   num_features: int = 128  # performer: random features M
   redraw: bool = True  # performer, lsh: fresh random features / rotations every training step
@@ -58,7 +59,7 @@ class AttentionConfig:
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"model.attention.{name}={getattr(self, name)} must be >= 1")
-    for name in ("window", "num_global_blocks", "num_random_blocks"):
+    for name in ("window", "sink_window", "num_global_blocks", "num_random_blocks"):
       if getattr(self, name) < 0:
         raise ValueError(f"model.attention.{name}={getattr(self, name)} must be >= 0")
     if self.kind == "local" and self.window < 1:
@@ -151,8 +152,10 @@ class TransformerConfig:
     if kind == "lsh" and self.kv_heads != self.num_heads:
       raise ValueError("model.attention.kind='lsh' shares queries and keys (Reformer), so it needs "
                        "model.num_kv_heads = model.num_heads")
-    if kind == "differential" and self.dim_per_head % 2:
-      raise ValueError("model.attention.kind='differential' splits each head in two: needs an even head dim")
+    halves = 4 if self.position == "rope" else 2  # RoPE then rotates each half on its own
+    if kind == "differential" and self.dim_per_head % halves:
+      raise ValueError(f"model.attention.kind='differential' splits each head in two: needs a head dim divisible by "
+                       f"{halves} (got {self.dim_per_head})")
 
   @property
   def kv_heads(self) -> int:

@@ -30,6 +30,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxformer.attention import attention
 from jaxformer.attention.variants import (
@@ -52,6 +53,26 @@ PROJECTIONS = {"synthesizer": ("value",), "lsh": ("query", "value")}  # kinds th
 def projections(kind: str) -> tuple[str, ...]:
   """Which of the query / key / value projections the kind uses."""
   return PROJECTIONS.get(kind, ("query", "key", "value"))
+
+
+CAUSAL_MODELS = ("decoder_only", "encoder_decoder")
+NO_PACKING = ("performer", "linformer", "synthesizer")  # cannot keep several sequences of one row apart
+
+
+def check_kind(cfg: TransformerConfig, model_kind: str, batch: dict | None = None) -> None:
+  """Before anything is built: a ValueError when the attention kind cannot serve this model or data. `batch` (host
+  arrays) is an example batch: packed rows (segment ids above 1) need a kind that keeps sequences apart."""
+  kind = cfg.attention.kind
+  if kind == "linformer" and model_kind in CAUSAL_MODELS:
+    raise ValueError(f"model.attention.kind='linformer' is bidirectional (its projection mixes every position); "
+                     f"model_kind={model_kind!r} is causal: use it in encoders / encoder classifiers")
+  packed = max((int(np.max(x)) for name, x in (batch or {}).items() if name.endswith("segment_ids")), default=0)
+  if kind in NO_PACKING and packed > 1:
+    raise ValueError(f"model.attention.kind={kind!r} cannot keep the packed sequences of a row apart (segment ids up "
+                     f"to {packed}); use data without packing or another kind")
+  if kind == "linear" and packed >= cfg.attention.num_segments:
+    raise ValueError(f"packed rows hold segment ids up to {packed}: set model.attention.num_segments to at least "
+                     f"{packed + 1} (linear attention keeps a state per segment id)")
 
 
 def _segments(segment_ids):
@@ -79,9 +100,9 @@ class Mixer(nn.Module):
     if kind == "local":
       return attention(q, k, v, window=(a.window, 0 if causal else a.window), **kw)
     if kind == "sinks":
-      window = (a.window, 0 if causal else a.window) if a.window else None
-      out, lse = attention(q, k, v, window=window, return_lse=True, **kw)  # lse [B,N,T]
-      sink = self.param("sink_logits", param_init(cfg, ("heads",), "zeros"), (q.shape[2],), jnp.float32)
+      w = a.sink_window
+      out, lse = attention(q, k, v, window=(w, 0 if causal else w) if w else None, return_lse=True, **kw)  # [B,N,T]
+      sink = self.param("sink_logits", param_init(cfg, ("heads",), "zeros"), (q.shape[2],), self.param_dtype)
       keep = jax.nn.sigmoid(lse - sink[:, None])  # = Σ e^s / (e^sink + Σ e^s); 0 for rows that see nothing
       return (out * jnp.swapaxes(keep, 1, 2)[..., None]).astype(out.dtype)
     if kind == "differential":
@@ -117,6 +138,10 @@ class Mixer(nn.Module):
       return self._synthesizer(v, x, kw)
     raise AssertionError(kind)
 
+  @property
+  def param_dtype(self):
+    return jnp.dtype(self.cfg.param_dtype)
+
   def _key(self, deterministic: bool):
     """Random features / rotations: fresh ones every training step (`redraw`, from the dropout stream, which
     differs per layer), a fixed draw per layer otherwise (evaluation, decoding)."""
@@ -132,16 +157,16 @@ class Mixer(nn.Module):
     h = q.shape[-1] // 2
     lam_init = 0.8 - 0.6 * math.exp(-0.3 * self.layer)
     init = nn.initializers.normal(0.1)
-    lq1, lk1, lq2, lk2 = (self.param(name, init, (h,), jnp.float32)
+    lq1, lk1, lq2, lk2 = (self.param(name, init, (h,), self.param_dtype).astype(jnp.float32)
                           for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"))
     lam = jnp.exp(jnp.dot(lq1, lk1)) - jnp.exp(jnp.dot(lq2, lk2)) + lam_init
-    kw = dict(kw, scale=h ** -0.5)
-    a1 = attention(q[..., :h], k[..., :h], v, **kw).astype(jnp.float32)
-    a2 = attention(q[..., h:], k[..., h:], v, **kw).astype(jnp.float32)
+    rngs = (None, None) if kw["dropout_rng"] is None else jax.random.split(kw["dropout_rng"])  # a mask per map
+    a1 = attention(q[..., :h], k[..., :h], v, **dict(kw, scale=h ** -0.5, dropout_rng=rngs[0])).astype(jnp.float32)
+    a2 = attention(q[..., h:], k[..., h:], v, **dict(kw, scale=h ** -0.5, dropout_rng=rngs[1])).astype(jnp.float32)
     out = a1 - lam * a2  # [B,T,N,Hv]
     out = out * jax.lax.rsqrt(jnp.mean(out * out, axis=-1, keepdims=True) + 1e-5)
-    scale = self.param("subln_scale", param_init(self.cfg, ("kv",), "ones"), (v.shape[-1],), jnp.float32)
-    return (out * scale * (1.0 - lam_init)).astype(q.dtype)
+    scale = self.param("subln_scale", param_init(self.cfg, ("kv",), "ones"), (v.shape[-1],), self.param_dtype)
+    return (out * scale.astype(jnp.float32) * (1.0 - lam_init)).astype(q.dtype)
 
   def _linformer(self, q, k, v, segment_ids, kw):
     """Wang et al. 2020, eq. 7: softmax(q (E k)ᵀ·scale) (F v) with E, F [projection_len, max_len] learned per layer
@@ -150,18 +175,18 @@ class Mixer(nn.Module):
     cfg, a = self.cfg, self.cfg.attention
     S = k.shape[1]
     if kw["causal"]:
-      raise ValueError("model.attention.kind='linformer' is bidirectional (its projection mixes every position); "
+      raise ValueError("model.attention.kind='linformer' is bidirectional (its projection mixes every position): "
                        "use it in encoders / encoder classifiers")
     if S > cfg.max_len:
       raise ValueError(f"linformer projects at most model.max_len={cfg.max_len} keys; got {S}")
     init = nn.initializers.normal(cfg.max_len ** -0.5)
-    E = self.param("key_projection", init, (a.projection_len, cfg.max_len), jnp.float32)[:, :S]
-    F = self.param("value_projection", init, (a.projection_len, cfg.max_len), jnp.float32)[:, :S]
+    E = self.param("key_projection", init, (a.projection_len, cfg.max_len), self.param_dtype)[:, :S]
+    F = self.param("value_projection", init, (a.projection_len, cfg.max_len), self.param_dtype)[:, :S]
     if segment_ids is not None:
       keep = (segment_ids != 0)[:, :, None, None]
       k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
-    k = jnp.einsum("ps,bskh->bpkh", E, k.astype(jnp.float32)).astype(q.dtype)  # [B,P,K,H]
-    v = jnp.einsum("ps,bskh->bpkh", F, v.astype(jnp.float32)).astype(q.dtype)
+    k = jnp.einsum("ps,bskh->bpkh", E.astype(jnp.float32), k.astype(jnp.float32)).astype(q.dtype)  # [B,P,K,H]
+    v = jnp.einsum("ps,bskh->bpkh", F.astype(jnp.float32), v.astype(jnp.float32)).astype(q.dtype)
     kw = {name: value for name, value in kw.items() if name not in ("causal", "segment_ids", "q_offset")}
     return attention(q, k, v, **kw)
 
@@ -175,14 +200,14 @@ class Mixer(nn.Module):
     if max(T, S) > cfg.max_len:
       raise ValueError(f"the synthesizer's logits cover model.max_len={cfg.max_len} positions; got {max(T, S)}")
     if a.synthesizer == "dense":
-      h = nn.relu(nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, name="synth_hidden",
+      h = nn.relu(nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, param_dtype=self.param_dtype, name="synth_hidden",
                            kernel_init=param_init(cfg, ("embed", "mlp")))(x))
-      logits = nn.DenseGeneral((N, cfg.max_len), dtype=cfg.compute_dtype, name="synth_logits",
-                               kernel_init=param_init(cfg, ("mlp", "heads", None)))(h)[..., :S]  # [B,T,N,S]
+      logits = nn.DenseGeneral((N, cfg.max_len), dtype=cfg.compute_dtype, param_dtype=self.param_dtype,
+                               name="synth_logits", kernel_init=param_init(cfg, ("mlp", "heads", None)))(h)[..., :S]
       logits = jnp.swapaxes(logits, 1, 2)  # [B,N,T,S]
     else:
       table = self.param("synth_random", param_init(cfg, ("heads", None, None)), (N, cfg.max_len, cfg.max_len),
-                         jnp.float32)
+                         self.param_dtype)
       logits = table[None, :, :T, :S]
     zeros = lambda n, length: jnp.zeros((B, length, n, 1), v.dtype)  # noqa: E731
     bias = logits.astype(jnp.float32) + (0.0 if kw["bias"] is None else kw["bias"])
@@ -210,8 +235,9 @@ def diagnose(module: nn.Module, cfg: TransformerConfig, q, k, kw: dict) -> None:
   from jaxformer.attention.diagnostics import attention_probs, attention_stats, summarize
   kind = cfg.attention.kind
   window = None
-  if kind == "local" or (kind == "sinks" and cfg.attention.window):
-    window = (cfg.attention.window, 0 if kw["causal"] else cfg.attention.window)
+  w = cfg.attention.window if kind == "local" else cfg.attention.sink_window if kind == "sinks" else 0
+  if w:
+    window = (w, 0 if kw["causal"] else w)
   mask = dict(causal=kw["causal"], segment_ids=kw["segment_ids"], window=window, bias=kw["bias"],
               q_offset=kw["q_offset"])
   segments = _segments(kw["segment_ids"])

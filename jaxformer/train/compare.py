@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from jaxformer.config import EXPERIMENTS_DIR, ConfigError, load_config
-from jaxformer.nn.config import ATTENTION_KINDS
+from jaxformer.nn.config import ATTENTION_KINDS, TransformerConfig
+from jaxformer.nn.variants import check_kind
 
 log = logging.getLogger("jaxformer.compare")
 DEFAULT_SUITE = EXPERIMENTS_DIR / "compare_attention.py"
@@ -52,25 +53,29 @@ def _run(study: dict, kind: str, value, workdir: Path) -> dict:
 
   key = _label(study["sweep"][0])
   record = {"study": study["name"], "kind": kind, "key": key, "value": value}
+  overrides = [*study.get("overrides", ()), *study.get("kind_overrides", {}).get(kind, ()),
+               f"model.attention.kind={kind}", *(f"{k}={value}" for k in key.split(","))]
   done = workdir / "results.json"
   if done.is_file():
     results = json.loads(done.read_text())
+    if results.get("compare_overrides", overrides) != overrides:
+      raise ConfigError(f"{workdir} was trained with other settings ({results.get('compare_overrides')}); delete it "
+                        "or compare into another --out")
   else:
-    swept = [f"{k}={value}" for k in key.split(",")]
-    overrides = [*study.get("overrides", ()), *study.get("kind_overrides", {}).get(kind, ()),
-                 f"model.attention.kind={kind}", *swept]
-    try:
-      config = load_config(study["config"], overrides)
-      start = time.time()
-      results = train(config, workdir, progress=False)
-      results["compare_s"] = round(time.time() - start, 1)
-      done.write_text(json.dumps(results, indent=1))
-    except (ValueError, ConfigError) as e:  # the kind cannot serve this task: recorded, not fatal
+    config = load_config(study["config"], overrides)
+    try:  # only the kind's own limits skip a cell; any other failure stops the comparison
+      cfg = dict(config.model.to_dict(), vocab_size=config.model.vocab_size or 1)
+      check_kind(TransformerConfig.from_dict(cfg), config.model_kind)
+    except ValueError as e:
       log.warning("compare: %s with kind=%s, %s=%s skipped: %s", study["name"], kind, key, value, e)
       return {**record, "skipped": str(e).splitlines()[0]}
+    start = time.time()
+    results = train(config, workdir, progress=False)
+    results |= {"compare_s": round(time.time() - start, 1), "compare_overrides": overrides}
+    done.write_text(json.dumps(results, indent=1))
   metric = study.get("metric", "accuracy")
   return {**record, metric: results["eval"][metric], "nll": results["eval"]["nll"],
-          "seconds": results.get("compare_s", results.get("total_s")), "num_params": results.get("num_params")}
+          "seconds": results["compare_s"], "num_params": results.get("num_params")}
 
 
 def _label(keys) -> str:

@@ -26,6 +26,7 @@ from jaxformer.data import build_dataset, train_batches
 from jaxformer.decode import generate_sliding
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
+from jaxformer.nn.variants import check_kind
 from jaxformer.parallel import RULES, check_batch, initialize_distributed, is_main_process, make_mesh
 from jaxformer.parallel.mesh import common_shape, put_global_batch, shard_batch
 from jaxformer.train.checkpoint import CheckpointError, Checkpoints, abstract_like, save_params, write_run_info
@@ -173,6 +174,7 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     example = next(train_batches(ds, local_batch))
+    check_kind(cfg, config.model_kind, example)
     abstract, state_sh, init_state = plan_train_state(model, config.model_kind, tx, example, config.seed, mesh)
     average = ParamAverage(tc.average_last, tc.average_every, tc.steps)
     restored = ckpts.restore(abstract_like(abstract, state_sh), abstract_like(abstract.params, state_sh.params)) \

@@ -23,7 +23,7 @@ STYLES = {
     "aiayn": dict(position="sinusoidal", pre_norm=False),
     # model.attention kinds that decode with a KV cache (the window, sink logits, two maps, sigmoid bias)
     "local": dict(position="rope", attention=dict(kind="local", window=3)),
-    "sinks": dict(position="alibi", attention=dict(kind="sinks", window=4)),
+    "sinks": dict(position="alibi", attention=dict(kind="sinks", sink_window=4)),
     "differential": dict(position="rope", num_kv_heads=2, attention="differential"),
     "sigmoid": dict(position="alibi", attention="sigmoid"),
 }

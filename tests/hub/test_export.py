@@ -56,6 +56,10 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
   with pytest.raises(ValueError, match=r"norm='rmsnorm' \(needs 'layernorm'\)"):
     export_pretrained(random_params(CONFIGS["gpt2"]), cfg, tmp_path / "out", "gpt2")
   assert not (tmp_path / "out").exists()
+  with pytest.raises(ValueError, match="model.attention.kind='local' cannot be exported"):
+    export_pretrained(random_params(CONFIGS["gpt2"]), CONFIGS["gpt2"].replace(attention="local"), tmp_path / "out",
+                      "gpt2")
+  assert not (tmp_path / "out").exists()
 
 
 def test_export_does_not_clobber(tmp_path):

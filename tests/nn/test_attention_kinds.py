@@ -101,7 +101,7 @@ def _softmax(logits, mask):
 def test_sinks_equal_softmax_with_an_extra_sink_column():
   q, k, v = _mixer_inputs()
   params = {"sink_logits": jnp.asarray([0.5, -1.0])}
-  out, _ = _mixer("sinks", q, k, v, params=params, window=0)
+  out, _ = _mixer("sinks", q, k, v, params=params)
   logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(8)
   sink = np.broadcast_to(np.asarray(params["sink_logits"])[None, :, None, None], logits.shape[:3] + (1,))
   mask = np.concatenate([np.ones_like(sink, bool), np.broadcast_to(np.tril(np.ones((T, T), bool)), logits.shape)], -1)
@@ -185,3 +185,42 @@ def test_kinds_without_cache_decoding_say_so(kind):
   params = model.init(jax.random.key(1), tokens)["params"]
   with pytest.raises(ValueError, match="cannot decode with a KV cache"):
     model.apply({"params": params}, tokens[:, :4], cache=KVCache.empty(cfg, 2, T))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "local", "sinks", "differential", "sigmoid"])
+def test_rope_kinds_depend_only_on_relative_positions(kind):
+  """Shifting every position leaves the logits unchanged (differential: RoPE rotates each half-head alone)."""
+  model = DecoderOnly(tiny(kind))
+  tokens = _tokens()
+  params = model.init(jax.random.key(1), tokens)["params"]
+  positions = jnp.broadcast_to(jnp.arange(T), tokens.shape)
+  fn = jax.jit(lambda p: model.apply({"params": params}, tokens, positions=p))
+  np.testing.assert_allclose(fn(positions + 9), fn(positions), atol=2e-5, rtol=2e-5)
+
+
+def test_packed_rows_need_a_kind_that_keeps_sequences_apart():
+  from jaxformer.nn.variants import check_kind
+  packed = {"inputs": np.ones((2, 8)), "segment_ids": np.array([[1, 1, 2, 2, 3, 3, 0, 0]] * 2)}
+  for kind in ("performer", "linformer", "synthesizer"):
+    with pytest.raises(ValueError, match="cannot keep the packed sequences"):
+      check_kind(tiny(kind), "encoder_classifier", packed)
+  with pytest.raises(ValueError, match="num_segments to at least 4"):
+    check_kind(tiny("linear"), "decoder_only", packed)
+  check_kind(tiny("linear", attention=dict(kind="linear", num_segments=4)), "decoder_only", packed)
+  for kind in ("softmax", "sigmoid", "bigbird", "lsh", "local"):
+    check_kind(tiny(kind), "decoder_only", packed)
+  check_kind(tiny("performer"), "decoder_only", {"segment_ids": np.array([[1, 1, 0]])})  # padding only: fine
+  with pytest.raises(ValueError, match="bidirectional"):
+    check_kind(tiny("linformer"), "decoder_only")
+
+
+def test_linear_keeps_packed_sequences_apart_with_enough_segments():
+  """A packed row gives each sequence the output it has alone (num_segments covers the ids)."""
+  model = DecoderOnly(tiny("linear", attention=dict(SMALL, kind="linear", num_segments=4), pad_id=None))
+  tokens = _tokens(5, batch=1)
+  params = model.init(jax.random.key(1), tokens)["params"]
+  seg = jnp.asarray([[1] * 5 + [2] * 6 + [3] * 5])
+  pos = jnp.asarray([list(range(5)) + list(range(6)) + list(range(5))])
+  packed = model.apply({"params": params}, tokens, positions=pos, segment_ids=seg)
+  alone = model.apply({"params": params}, tokens[:, 11:], positions=pos[:, 11:])
+  np.testing.assert_allclose(packed[:, 11:], alone, atol=1e-5, rtol=1e-5)
