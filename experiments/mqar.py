@@ -6,7 +6,7 @@ A context of `num_kv_pairs` key-value pairs, then each key queried once (zoology
 on the recalled values only. Zoology's finding, which this reproduces in miniature: exact softmax attention
 solves MQAR at small width, while linear attention and Performer (fixed-size recurrent state) degrade as the
 width shrinks relative to the number of pairs (Zoology Figure 2). `jaxformer compare` runs every attention kind
-on it with the same budget (experiments/compare_attention.py).
+on it with the same budget (experiments/suites/compare_attention.py).
 
 Model: 2 layers, 2 heads, width 64, RoPE, no MLP dropout; vocab 256, length 64, 8 pairs (zoology uses vocab
 8192 and widths 64-512; the vocabulary is cut so the output layer does not dominate a CPU step).

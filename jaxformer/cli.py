@@ -5,7 +5,7 @@
   jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
   jaxformer prepare TFDS_NAME [--data-dir DIR]
   jaxformer export --workdir DIR --out DIR [--step N]
-  jaxformer compare [--suite experiments/compare_attention.py] [--kinds a,b] [--studies s] [--out DIR] [--smoke]
+  jaxformer compare [--suite experiments/suites/compare_attention.py] [--kinds a,b] [--studies s] [--out DIR] [--smoke]
 
 `train` resumes from the newest checkpoint in --workdir when there is one: rerun an interrupted
 command to continue it exactly.
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
   ex.add_argument("--out", required=True, help="output directory (readable by eval / generate --checkpoint)")
   ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
   cm = sub.add_parser("compare", help="train every attention kind on the same tasks and budget: a table and a plot")
-  cm.add_argument("--suite", default=None, help="suite file (default: experiments/compare_attention.py)")
+  cm.add_argument("--suite", default=None, help="suite file (default: experiments/suites/compare_attention.py)")
   cm.add_argument("--kinds", default=None, help="comma-separated model.attention.kind values (default: all)")
   cm.add_argument("--studies", default=None, help="comma-separated study names of the suite (default: all)")
   cm.add_argument("--out", default="runs/compare", help="output directory (runs, results.md, comparison.png)")

@@ -1,6 +1,6 @@
 """`jaxformer compare`: train every attention kind on the same tasks with the same budget; write a table and a plot.
 
-A suite file (default experiments/compare_attention.py) defines `get_studies(smoke: bool)`, a list of studies:
+A suite file (default experiments/suites/compare_attention.py) defines `get_studies(smoke: bool)`, a list of studies:
 
     dict(name="mqar", config="mqar", sweep=("model.d_model", [32, 64, 128]), metric="accuracy",
          overrides=["train.steps=1500"], title="MQAR: recall accuracy vs model width")
@@ -27,7 +27,7 @@ from jaxformer.nn.config import ATTENTION_KINDS, TransformerConfig
 from jaxformer.nn.variants import check_kind
 
 log = logging.getLogger("jaxformer.compare")
-DEFAULT_SUITE = EXPERIMENTS_DIR / "compare_attention.py"
+DEFAULT_SUITE = EXPERIMENTS_DIR / "suites" / "compare_attention.py"
 STUDY_KEYS = {"name", "config", "sweep", "metric", "overrides", "kind_overrides", "title"}
 
 
