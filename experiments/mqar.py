@@ -11,7 +11,7 @@ on it with the same budget (experiments/suites/compare_attention.py).
 Model: 2 layers, 2 heads, width 64, RoPE, no MLP dropout; vocab 256, length 64, 8 pairs (zoology uses vocab
 8192 and widths 64-512; the vocabulary is cut so the output layer does not dominate a CPU step).
 Budget: 1500 steps of batch 64, AdamW lr 3e-3 with cosine decay. Hardware/time: 2 CPU cores, ~1-2 min.
-Expected: softmax >= 99% recall accuracy (measured: see docs/attention_comparison.md).
+Expected: softmax >= 99% recall accuracy (measured: docs/attention_comparison/results.md).
 """
 from _common import base_config
 

@@ -5,7 +5,7 @@
   jaxformer generate --checkpoint HF_DIR_OR_NAME_OR_RUN_DIR --prompt TEXT [--num-beams 5 ...]
   jaxformer prepare TFDS_NAME [--data-dir DIR]
   jaxformer export --workdir DIR --out DIR [--step N]
-  jaxformer compare [--suite experiments/suites/compare_attention.py] [--kinds a,b] [--studies s] [--out DIR] [--smoke]
+  jaxformer compare [--suite FILE] [--kinds a,b] [--studies s] [--out DIR] [--report DIR] [--smoke]
 
 `train` resumes from the newest checkpoint in --workdir when there is one: rerun an interrupted
 command to continue it exactly.
@@ -108,9 +108,10 @@ def _compare(args) -> int:
   logging.getLogger("jaxformer.compare").setLevel(logging.INFO)  # one line per run; the runs themselves are quiet
   kinds = args.kinds.split(",") if args.kinds else ATTENTION_KINDS
   studies = args.studies.split(",") if args.studies else None
-  records = compare(args.out, suite=args.suite, kinds=kinds, studies=studies, smoke=args.smoke)
-  print((Path(args.out) / "results.md").read_text())
-  print(f"{len(records)} runs; table: {Path(args.out) / 'results.md'}   plot: {Path(args.out) / 'comparison.png'}")
+  records = compare(args.out, suite=args.suite, kinds=kinds, studies=studies, smoke=args.smoke, report=args.report)
+  report = Path(args.report or args.out)
+  print((report / "results.md").read_text())
+  print(f"{len(records)} runs; table: {report / 'results.md'}   plot: {report / 'comparison.png'}")
   return 0
 
 
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
   cm.add_argument("--kinds", default=None, help="comma-separated model.attention.kind values (default: all)")
   cm.add_argument("--studies", default=None, help="comma-separated study names of the suite (default: all)")
   cm.add_argument("--out", default="runs/compare", help="output directory (runs, results.md, comparison.png)")
+  cm.add_argument("--report", default=None, help="where results.md/.json and comparison.png go (default: --out)")
   cm.add_argument("--smoke", action="store_true", help="the suite's tiny budget (a check that everything runs)")
   _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)

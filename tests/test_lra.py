@@ -288,6 +288,7 @@ def test_smoke_variant_trains(name, kind, release, tmp_path, fast_compile):
   _smoke(name, kind, release[0], tmp_path, check_eval=name == "lra_retrieval")
 
 
+@pytest.mark.slow  # every kind already trains an encoder classifier in CI (tests/nn/test_attention_kinds.py)
 @pytest.mark.parametrize("name,kind", STEPPED)
 def test_smoke_model_takes_a_gradient_step(name, kind, release, tmp_path, fast_compile):
   """The smoke config's model and data with this kind: finite loss, finite nonzero gradients (dropout and the

@@ -1,6 +1,7 @@
 """The CPU-scale attention comparison: every `model.attention.kind` on MQAR and ListOps with the same budget.
 
-  jaxformer compare --out docs/attention_comparison          # ~2 h on 2 CPU cores; --smoke: a minute
+  jaxformer compare --out runs/compare --report docs/attention_comparison   # hours on 2 CPU cores
+  jaxformer compare --smoke --out /tmp/smoke                                # every kind, a tiny budget
   jaxformer compare --kinds softmax,linear --studies mqar      # a subset
 
 MQAR (experiments/mqar.py; Arora et al. 2023): recall accuracy against model width. Zoology's result, expected

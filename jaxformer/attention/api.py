@@ -188,11 +188,16 @@ def _check_shapes(q, k, v, mask: MaskSpec, bias):
     lengths = getattr(mask, name)
     if lengths is not None and lengths.shape != (B,):
       raise ValueError(f"{name} must have shape [B]={B,}; got {lengths.shape}")
+  check_bias(bias, (B, N, T, S))
+
+
+def check_bias(bias, shape: tuple[int, int, int, int]) -> None:
+  """An additive attention bias must broadcast to [B, N, T, S] = `shape` (None: no bias)."""
   if bias is not None:
     try:
-      jnp.broadcast_shapes(bias.shape, (B, N, T, S))
+      jnp.broadcast_shapes(jnp.shape(bias), shape)
     except ValueError:
-      raise ValueError(f"bias {bias.shape} does not broadcast to [B,N,T,S]={B, N, T, S}") from None
+      raise ValueError(f"bias {jnp.shape(bias)} does not broadcast to [B,N,T,S]={shape}") from None
 
 
 def attention(q, k, v, *, causal: bool = False, segment_ids=None, q_lengths=None, kv_lengths=None,

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxformer.attention.api import check_bias
+from jaxformer.attention.blockwise import _pad_axis
 from jaxformer.attention.masks import MaskSpec
 
 STAT_KEYS = ("entropy", "max_logit", "max_prob", "sink_mass", "lse")
@@ -59,13 +61,9 @@ def _mask_spec(name: str, q, k, *, causal, segment_ids, window, q_lengths, kv_le
   for field, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
     if lengths is not None and lengths.shape != (B,):
       raise ValueError(f"{field} must have shape [B]={B,}; got {lengths.shape}")
-  if bias is not None:
-    try:
-      jnp.broadcast_shapes(jnp.shape(bias), (B, N, T, S))
-    except ValueError:
-      raise ValueError(f"bias {jnp.shape(bias)} does not broadcast to [B,N,T,S]={B, N, T, S}") from None
-    if len(jnp.shape(bias)) > 4:
-      raise ValueError(f"bias must have at most 4 dims [B,N,T,S]; got shape {jnp.shape(bias)}")
+  check_bias(bias, (B, N, T, S))
+  if bias is not None and len(jnp.shape(bias)) > 4:
+    raise ValueError(f"bias must have at most 4 dims [B,N,T,S]; got shape {jnp.shape(bias)}")
   return MaskSpec(causal=causal, window=None if window is None else tuple(window), q_segment_ids=q_seg,
                   kv_segment_ids=kv_seg, q_lengths=q_lengths, kv_lengths=kv_lengths, q_offset=q_offset)
 
@@ -107,14 +105,6 @@ def _resolve_rows(rows, T: int) -> np.ndarray:
   if idx.min() < 0 or idx.max() >= T:
     raise ValueError(f"rows must index query rows in [0, T={T}); got values in [{idx.min()}, {idx.max()}]")
   return idx.astype(np.int32)
-
-
-def _pad_axis(x, axis: int, size: int, value=0):
-  if x.shape[axis] == size:
-    return x
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
 
 
 def _heads(q, k):

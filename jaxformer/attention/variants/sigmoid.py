@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxformer.attention.api import check_qkv
+from jaxformer.attention.api import check_bias, check_qkv
 from jaxformer.attention.masks import MaskSpec
 
 DEFAULT_BLOCK_SIZE = 256
@@ -61,11 +61,7 @@ def _check_args(q, k, v, causal, q_seg, kv_seg, window, bias, block_size):
       raise ValueError(f"segment ids must be integers; got dtypes {q_seg.dtype}, {kv_seg.dtype}")
   if window is not None and (not isinstance(window, (tuple, list)) or len(window) != 2):
     raise ValueError(f"window must be a (left, right) pair, got {window!r}")
-  if bias is not None:
-    try:
-      jnp.broadcast_shapes(bias.shape, (B, N, T, S))
-    except ValueError:
-      raise ValueError(f"bias {bias.shape} does not broadcast to [B,N,T,S]={B, N, T, S}") from None
+  check_bias(bias, (B, N, T, S))
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
     raise ValueError(f"block_size must be a positive int; got {block_size!r}")
 
