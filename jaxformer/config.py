@@ -55,16 +55,23 @@ def resolve_experiment(name_or_path: str | None) -> Path:
   raise ConfigError(f"no experiment named {name_or_path!r}; known: {known}")
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()):
-  """Load `get_config()` from an experiment file and apply `key=value` overrides."""
-  path = resolve_experiment(name_or_path)
+def import_file(path: Path):
+  """Import a Python file (an experiment config or a suite) as a module; its folder is importable meanwhile,
+  so experiments may import their folder's _common.py."""
   spec = importlib.util.spec_from_file_location(f"jaxformer_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(path.parent))  # experiments may import their folder's _common.py
+  sys.path.insert(0, str(path.parent))
   try:
     spec.loader.exec_module(module)
   finally:
     sys.path.remove(str(path.parent))
+  return module
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()):
+  """Load `get_config()` from an experiment file and apply `key=value` overrides."""
+  path = resolve_experiment(name_or_path)
+  module = import_file(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config() function")
   config = module.get_config()

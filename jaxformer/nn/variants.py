@@ -43,6 +43,7 @@ from jaxformer.attention.variants import (
   random_features,
   sigmoid_attention,
 )
+from jaxformer.attention.variants.linear import _feature_map
 from jaxformer.nn.config import TransformerConfig
 from jaxformer.nn.layers import param_init
 
@@ -259,7 +260,7 @@ def diagnose(module: nn.Module, cfg: TransformerConfig, q, k, kw: dict) -> None:
 
 def _linear_weights(cfg, q, k, causal, segment_ids):
   """Linear attention's implied weights A_ij = phi(q_i)·phi(k_j) / Σ_j' phi(q_i)·phi(k_j') [B,N,T,S]."""
-  phi = (lambda x: jax.nn.elu(x) + 1.0) if cfg.attention.feature_map == "elu1" else jax.nn.relu
+  phi = _feature_map(cfg.attention.feature_map)
   G = q.shape[2] // k.shape[2]
   a = jnp.einsum("btnh,bsnh->bnts", phi(q.astype(jnp.float32)), jnp.repeat(phi(k.astype(jnp.float32)), G, axis=2))
   T, S = a.shape[-2:]

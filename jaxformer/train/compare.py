@@ -16,13 +16,12 @@ A kind that cannot run a task (e.g. bidirectional Linformer on a causal LM) is r
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
 from pathlib import Path
 
-from jaxformer.config import EXPERIMENTS_DIR, ConfigError, load_config
+from jaxformer.config import EXPERIMENTS_DIR, ConfigError, import_file, load_config
 from jaxformer.nn.config import ATTENTION_KINDS, TransformerConfig
 from jaxformer.nn.variants import check_kind
 
@@ -35,10 +34,7 @@ def load_studies(suite: str | Path | None = None, smoke: bool = False) -> list[d
   path = Path(suite) if suite else DEFAULT_SUITE
   if not path.is_file():
     raise ConfigError(f"comparison suite {path} does not exist")
-  spec = importlib.util.spec_from_file_location(f"jaxformer_suite_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  studies = module.get_studies(smoke=smoke)
+  studies = import_file(path).get_studies(smoke=smoke)
   for study in studies:
     unknown = set(study) - STUDY_KEYS
     missing = {"name", "config", "sweep"} - set(study)

@@ -15,24 +15,26 @@ import numpy as np
 from jaxformer.train.step import _model_args, _model_kwargs
 
 
-def _sown(model, model_kind: str, params, batch: dict, collection: str) -> dict:
-  _, state = model.apply({"params": params}, *_model_args(model_kind, batch), mutable=[collection],
+def _sown(model, model_kind: str, params, batch: dict, collections: tuple[str, ...]) -> dict[str, dict]:
+  """One forward pass with `collections` mutable -> {collection: {layer path: the value it sowed}}."""
+  _, state = model.apply({"params": params}, *_model_args(model_kind, batch), mutable=list(collections),
                          **_model_kwargs(model_kind, batch))
-  flat = flax.traverse_util.flatten_dict(state.get(collection, {}), sep="/")
-  return {name.rsplit("/", 1)[0]: value for name, value in flat.items()}  # sow keeps a tuple per call
+  out = {}
+  for collection in collections:  # sow keeps a tuple per call, under a name ("heads" / "weights") below the layer
+    flat = flax.traverse_util.flatten_dict(state.get(collection, {}), sep="/")
+    out[collection] = {name.rsplit("/", 1)[0]: value[0] for name, value in flat.items()}
+  return out
 
 
 def attention_diagnostics(model, model_kind: str, params, batch: dict) -> dict[str, dict[str, np.ndarray]]:
   """{layer path: {"entropy", "max_logit", "max_prob", "sink_mass", "lse", "num_rows": [N] per head}}, e.g. the key
-  "decoder/layers_0/self_attention/heads". Layers whose attention kind has no single softmax are absent."""
-  sown = _sown(model, model_kind, params, batch, "attention_stats")
-  return {path.removesuffix("/heads"): value[0] for path, value in sown.items()}
+  "decoder/layers_0/self_attention". Layers whose attention kind has no single softmax are absent."""
+  return _sown(model, model_kind, params, batch, ("attention_stats",))["attention_stats"]
 
 
 def attention_maps(model, model_kind: str, params, batch: dict) -> dict[str, np.ndarray]:
   """{layer path: weights [B, N, T, S]} for inputs of at most `jaxformer.nn.variants.MAX_MAP_LEN` tokens."""
-  sown = _sown(model, model_kind, params, batch, "attention_maps")
-  return {path.removesuffix("/weights"): value[0] for path, value in sown.items()}
+  return _sown(model, model_kind, params, batch, ("attention_maps",))["attention_maps"]
 
 
 def flat_scalars(diagnostics: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
@@ -47,7 +49,7 @@ def flat_scalars(diagnostics: dict[str, dict[str, np.ndarray]]) -> dict[str, flo
 
 
 def make_diagnostics_fn(model, model_kind: str):
-  """(params, batch) -> (attention_diagnostics(...), attention_maps(...)) as numpy arrays, from one compiled call."""
-  fn = jax.jit(lambda params, batch: (attention_diagnostics(model, model_kind, params, batch),
-                                      attention_maps(model, model_kind, params, batch)))
+  """(params, batch) -> (attention_diagnostics(...), attention_maps(...)) as numpy arrays, from one compiled forward."""
+  collections = ("attention_stats", "attention_maps")
+  fn = jax.jit(lambda params, batch: tuple(_sown(model, model_kind, params, batch, collections).values()))
   return lambda params, batch: jax.tree.map(np.asarray, jax.device_get(fn(params, batch)))
