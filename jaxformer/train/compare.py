@@ -138,21 +138,27 @@ def write_report(out: Path, studies: list[dict], records: list[dict], elapsed: f
 
 
 def _plot(path: Path, studies: list[dict], records: list[dict]) -> None:
+  import matplotlib
+
   from jaxformer.train.metrics import new_figure
 
   fig = new_figure(figsize=(5.5 * len(studies), 4))
   axes = fig.subplots(1, len(studies), squeeze=False)
+  kinds = list(dict.fromkeys(r["kind"] for r in records))
+  colors = {kind: f"C{i}" if len(kinds) <= 10 else matplotlib.colormaps["tab20"](i) for i, kind in enumerate(kinds)}
   for ax, study in zip(axes[0], studies):
     key, values = _label(study["sweep"][0]), study["sweep"][1]
     metric = study.get("metric", "accuracy")
     rows = [r for r in records if r["study"] == study["name"] and metric in r]
-    for kind in dict.fromkeys(r["kind"] for r in rows):
+    for kind in kinds:  # one color per kind in every panel, whichever kinds a study skipped
       points = sorted((r["value"], r[metric]) for r in rows if r["kind"] == kind)
-      ax.plot(*zip(*points), "o-", label=kind, lw=2.5 if kind == "softmax" else 1.2)
+      if points:
+        ax.plot(*zip(*points), "o-", label=kind, color=colors[kind], lw=2.5 if kind == "softmax" else 1.2)
     ax.set_xscale("log", base=2)
     ax.set_xticks(values, [str(v) for v in values])
     ax.set(title=study.get("title", study["name"]), xlabel=key, ylabel=metric)
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=8, loc="best")
+  handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}  # every kind plotted anywhere
+  axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, loc="best")
   fig.tight_layout()
   fig.savefig(path)
