@@ -1,4 +1,4 @@
-"""`jaxformer train | eval | generate | prepare | export | compare`: a thin command line over importable functions.
+"""`jaxformer train | eval | generate | prepare | export | compare | reproduce`: a thin command line over importable functions.
 
   jaxformer train [--config experiments/NAME.py | NAME] [--workdir DIR] [--config.key=value ...]
   jaxformer eval --config experiments/NAME.py --workdir DIR [--split test] [--config.key=value ...]
@@ -6,6 +6,8 @@
   jaxformer prepare TFDS_NAME [--data-dir DIR]
   jaxformer export --workdir DIR --out DIR [--step N]
   jaxformer compare [--suite FILE] [--kinds a,b] [--studies s] [--out DIR] [--report DIR] [--smoke]
+  jaxformer reproduce NAME [--quick | --smoke] [--record] [--workdir DIR] [--config.key=value ...]
+  jaxformer reproduce --list | --table
 
 `train` resumes from the newest checkpoint in --workdir when there is one: rerun an interrupted
 command to continue it exactly.
@@ -115,6 +117,26 @@ def _compare(args) -> int:
   return 0
 
 
+def _reproduce(args, overrides) -> int:
+  from jaxformer.train.reproduce import reproduce, reproductions, write_results_table
+
+  if args.list:
+    print("\n".join(reproductions()))
+    return 0
+  if args.table:
+    print(f"wrote {write_results_table()}")
+    return 0
+  if not args.name:
+    raise ValueError("name a reproduction (jaxformer reproduce --list shows them), or pass --table / --list")
+  mode = "quick" if args.quick else "smoke" if args.smoke else "full"
+  r = reproduce(args.name, args.workdir, overrides, mode=mode, record=args.record, progress=not args.no_progress)
+  verdict = {True: "reached", False: "NOT reached", None: "not judged (smoke run)"}[r["passed"]]
+  print(f"\n{r['name']} ({r['paper']}, {r['source']}): {r['metric_name']} {r['value']:.4g}; published "
+        f"{r['published']:g}; target {'>=' if r['goal'] == 'max' else '<='} {r['target']:g} {verdict}; "
+        f"{r['total_s']:.0f} s on {r['hardware']}")
+  return 0 if r["passed"] is not False else 1
+
+
 def _early_stopping(value: str):
   choices = {"true": True, "false": False, "never": "never"}
   if value.lower() not in choices:
@@ -176,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
   cm.add_argument("--out", default="runs/compare", help="output directory (runs, results.md, comparison.png)")
   cm.add_argument("--report", default=None, help="where results.md/.json and comparison.png go (default: --out)")
   cm.add_argument("--smoke", action="store_true", help="the suite's tiny budget (a check that everything runs)")
+  rp = sub.add_parser("reproduce", help="run a paper reproduction and check it against its published number",
+                      epilog="Any --config.KEY=VALUE overrides a config value. Exit status 1: the target was missed.")
+  rp.add_argument("name", nargs="?", help="the reproduction (an experiment with a reproduce section)")
+  rp.add_argument("--workdir", default=None, help="run directory (default: runs/reproduce/NAME)")
+  how = rp.add_mutually_exclusive_group()
+  how.add_argument("--quick", action="store_true", help="the shortened run CI checks, against its own target")
+  how.add_argument("--smoke", action="store_true", help="seconds: checks that everything runs; not judged")
+  rp.add_argument("--record", action="store_true", help="write results/NAME.json and regenerate RESULTS.md")
+  rp.add_argument("--list", action="store_true", help="list the reproductions")
+  rp.add_argument("--table", action="store_true", help="regenerate RESULTS.md from results/*.json")
+  rp.add_argument("--no-progress", action="store_true", help="no progress bar")
   _add_generate_parser(sub)
   args, rest = parser.parse_known_args(argv)
   if args.command in ("generate", "prepare", "export", "compare"):
@@ -202,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "eval":
       return _eval(args, rest)
+    if args.command == "reproduce":
+      return _reproduce(args, rest)
     if args.print_config:
       print(json.dumps(json.loads(load_config(args.config, rest).to_json_best_effort()), indent=1))
       return 0

@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh" "dev,notebooks,hf"
 cd "$ROOT"
-exec python -m pytest "$@"
+exec python -m pytest --durations=30 "$@"  # the 30 slowest tests are listed at the end

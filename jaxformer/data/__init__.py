@@ -8,10 +8,12 @@
 import inspect
 from types import SimpleNamespace
 
+from jaxformer.data.algorithmic import MinGPTSort, ModularArithmetic
 from jaxformer.data.listops import ListOps
 from jaxformer.data.lra import PathfinderData, PixelData, RetrievalData
 from jaxformer.data.pipeline import BucketedBatches, PackedBatches, PaddedBatches, StepBatches, examples, train_batches
 from jaxformer.data.recall import MQAR, AssociativeRecall
+from jaxformer.data.regression import LinearRegressionTask
 from jaxformer.data.sources import DatasetMissingError, prepare, tfds_source
 from jaxformer.data.synthetic import TASKS, Seq2SeqTask
 from jaxformer.data.text import (
@@ -43,7 +45,8 @@ DEFAULTS = {
                seq_len=256),
     "classification": dict(_TFDS, text_key="text", label_key="label", num_classes=2, tokenizer="byte",
                            vocab_size=32000, spm_max_chars=10_000_000, max_len=512),
-    "char_lm": dict(_TFDS, text_key="text", seq_len=256),
+    # path: a local copy of the same corpus, read instead of TFDS and split 90/10 as nanoGPT (offline runs)
+    "char_lm": dict(_TFDS, text_key="text", seq_len=256, path=""),
     # Long Range Arena (jaxformer/data/lra.py): images as gray pixel tokens; the release's Pathfinder and AAN files
     "pixels": dict(_TFDS, image_key="image", label_key="label", num_classes=10),
     "pathfinder": dict(_TFDS, eval_split="validation", image_key="image", label_key="label", num_classes=2,
@@ -65,7 +68,8 @@ PRESETS = {
 }
 LRA_TASKS = {"pixels": PixelData, "pathfinder": PathfinderData, "retrieval": RetrievalData}
 # Generated in-process: data.name -> class; the other data keys are its constructor's arguments.
-GENERATED = {"mqar": MQAR, "associative_recall": AssociativeRecall, "listops": ListOps}
+GENERATED = {"mqar": MQAR, "associative_recall": AssociativeRecall, "listops": ListOps, "mingpt_sort": MinGPTSort,
+             "modular_arithmetic": ModularArithmetic, "linear_regression": LinearRegressionTask}
 LOCAL = ("stdlib_chars", "text_file", *TASKS, *GENERATED)
 
 
@@ -106,6 +110,8 @@ def build_dataset(data_config, seed: int, cache_dir=None, tokenizer=None):
     return cls(**kw, seed=seed)
   task, data = resolve(data_config)
   if task == "char_lm":
+    if data.path:
+      return CharLMData(text_file_corpus(data.path), data.seq_len, seed)
     train, val = tfds_char_corpus(data)
     return CharLMData(train, data.seq_len, seed, val_text=val)
   if task == "lm":
@@ -122,7 +128,8 @@ def build_dataset(data_config, seed: int, cache_dir=None, tokenizer=None):
 
 
 __all__ = ["build_dataset", "resolve", "DEFAULTS", "PRESETS", "CharLMData", "PackedLMData", "TextClassificationData",
-           "TranslationData", "Seq2SeqTask", "MQAR", "AssociativeRecall", "ListOps", "PixelData", "PathfinderData",
+           "TranslationData", "Seq2SeqTask", "MQAR", "AssociativeRecall", "ListOps", "MinGPTSort", "ModularArithmetic",
+           "LinearRegressionTask", "PixelData", "PathfinderData",
            "RetrievalData", "CharTokenizer", "ByteTokenizer",
            "WordTokenizer", "SentencePieceTokenizer",
            "stdlib_corpus", "text_file_corpus", "load_tokenizer", "save_tokenizer", "DatasetMissingError", "prepare",

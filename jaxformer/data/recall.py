@@ -28,8 +28,10 @@ Deliberate differences from the originals:
     here (zoology draws from [0, vocab_size)). With random_non_queries=False the blanks are 0, as in zoology;
     models here mask id 0 as a key, which drops only those information-free blanks.
   * Zoology's `assert vocab_size > input_seq_len` is not kept: nothing in the construction needs it.
-  * Safari trains on every next token and scores only the answer; here `weights` mark only the answer,
-    for training and evaluation alike. Safari's multi-token keys (num_keys > 1) are not implemented.
+  * Safari trains on every next token and scores only the answer. Here `weights` mark only the answer unless
+    `train_all_tokens=True` (safari's way: every training target weighs 1, and a repeated key's value is
+    itself a recall to learn from); held-out batches always score only the answer. Safari's multi-token keys
+    (num_keys > 1) are not implemented.
   * `input_seq_len` must be even for both tasks (safari silently uses `input_seq_len // 2` pairs).
 """
 from __future__ import annotations
@@ -60,12 +62,12 @@ class _RecallTask:
 class AssociativeRecall(_RecallTask):
   """H3 associative recall: key-value pairs, "=>", a key; predict its value. Sequences are input_seq_len + 2."""
 
-  def __init__(self, vocab_size: int = 20, input_seq_len: int = 40, seed: int = 0):
+  def __init__(self, vocab_size: int = 20, input_seq_len: int = 40, train_all_tokens: bool = False, seed: int = 0):
     if vocab_size < 4:
       raise ValueError(f"associative recall needs vocab_size >= 4 (pad, '=>', a key, a value), got {vocab_size}")
     if input_seq_len < 2 or input_seq_len % 2:
       raise ValueError(f"associative recall needs an even input_seq_len >= 2 (key-value pairs), got {input_seq_len}")
-    self.input_seq_len, self.seed = input_seq_len, seed
+    self.input_seq_len, self.seed, self.train_all_tokens = input_seq_len, seed, train_all_tokens
     self.num_keys = (vocab_size - 2) // 2
     self.num_values = vocab_size - 2 - self.num_keys
     self.query_id, self.first_key, self.first_value = 1, 2, 2 + self.num_keys
@@ -89,6 +91,12 @@ class AssociativeRecall(_RecallTask):
     weights = np.zeros((b, self.seq_len), np.float32)
     weights[:, -1] = 1.0
     return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
+
+  def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    batch = super().train_batch(step, batch_size)
+    if self.train_all_tokens:  # safari's training loss: every next token (held-out batches score the answer only)
+      batch["weights"] = np.ones_like(batch["weights"])
+    return batch
 
 
 class MQAR(_RecallTask):

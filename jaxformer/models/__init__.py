@@ -1,9 +1,10 @@
 """Model families. `build_model(kind, cfg)` maps a config's `model_kind` to a module."""
+from jaxformer.models.regression import InContextRegressor
 from jaxformer.models.transformer import DecoderOnly, DualEncoderClassifier, EncoderClassifier, EncoderDecoder
 from jaxformer.nn.config import TransformerConfig
 
 MODELS = {"decoder_only": DecoderOnly, "encoder_decoder": EncoderDecoder, "encoder_classifier": EncoderClassifier,
-          "dual_encoder_classifier": DualEncoderClassifier}
+          "dual_encoder_classifier": DualEncoderClassifier, "in_context_regression": InContextRegressor}
 
 
 def build_model(kind: str, cfg: TransformerConfig):
@@ -12,5 +13,5 @@ def build_model(kind: str, cfg: TransformerConfig):
   return MODELS[kind](cfg)
 
 
-__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderClassifier", "DualEncoderClassifier", "TransformerConfig", "MODELS",
-           "build_model"]
+__all__ = ["DecoderOnly", "EncoderDecoder", "EncoderClassifier", "DualEncoderClassifier", "InContextRegressor",
+           "TransformerConfig", "MODELS", "build_model"]

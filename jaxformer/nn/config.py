@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
-NORMS = ("layernorm", "rmsnorm")
+NORMS = ("layernorm", "rmsnorm", "none")  # none: no normalisation (e.g. the grokking model of Nanda et al.)
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu")
 # model.attention.kind: "softmax" is exact attention through the kernel API (every backend); the rest are the
 # variants of jaxformer/nn/variants.py. Kinds in SOFTMAX_KINDS are exact softmax attention under some mask or

@@ -52,12 +52,14 @@ def constrain(x: jnp.ndarray, names: Sequence[str | None]) -> jnp.ndarray:
 
 
 class Norm(nn.Module):
-  """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), per `cfg.norm`."""
+  """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), per `cfg.norm`; "none" is the identity."""
   cfg: TransformerConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
+    if cfg.norm == "none":
+      return x
     kw = dict(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype),
               scale_init=param_init(cfg, ("embed",), "ones"))
     if cfg.norm == "rmsnorm":

@@ -25,11 +25,13 @@ log = logging.getLogger("jaxformer.checkpoint")
 
 
 def write_run_info(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig, tokenizer) -> None:
-  """model.json and tokenizer.json: what turns a parameter checkpoint into a usable model."""
+  """model.json and tokenizer.json: what turns a parameter checkpoint into a usable model. A model that reads no
+  tokens (tokenizer None, e.g. in-context regression) gets no tokenizer.json."""
   from jaxformer.data.tokenizers import save_tokenizer  # (imported here: the checkpoints need no data stack)
   workdir = Path(workdir)
   (workdir / "model.json").write_text(json.dumps({"model_kind": model_kind, "model": model_cfg.to_dict()}, indent=1))
-  save_tokenizer(tokenizer, workdir / "tokenizer.json")
+  if tokenizer is not None:
+    save_tokenizer(tokenizer, workdir / "tokenizer.json")
 
 
 def save_params(workdir: str | Path, params) -> None:
@@ -55,7 +57,8 @@ def save_run(workdir: str | Path, model_kind: str, model_cfg: TransformerConfig,
 
 
 def load_run(workdir: str | Path):
-  """Returns (model, params, tokenizer) of a run saved by `save_run`."""
+  """Returns (model, params, tokenizer) of a run saved by `save_run`; the tokenizer is None for a model with no
+  vocabulary (model.vocab_size 0, e.g. in-context regression)."""
   from jaxformer.data.tokenizers import load_tokenizer
   from jaxformer.models import build_model
   workdir = Path(workdir).resolve()
@@ -67,7 +70,8 @@ def load_run(workdir: str | Path):
   model = build_model(meta["model_kind"], TransformerConfig.from_dict(meta["model"]))
   with ocp.StandardCheckpointer() as ckptr:  # onto this process's first device, whatever mesh saved it
     params = ckptr.restore(workdir / "params", _on_one_device(ckptr.metadata(workdir / "params").item_metadata))
-  return model, params, load_tokenizer(workdir / "tokenizer.json")
+  no_tokens = not meta["model"]["vocab_size"] and not (workdir / "tokenizer.json").exists()
+  return model, params, None if no_tokens else load_tokenizer(workdir / "tokenizer.json")
 
 
 def _on_one_device(metadata):
@@ -230,8 +234,9 @@ def export_params(workdir: str | Path, out: str | Path, step: int | None = None)
   out.mkdir(parents=True, exist_ok=True)
   save_params(out, params)
   if out.resolve() != workdir.resolve():
-    for name in ("model.json", "tokenizer.json"):
-      shutil.copyfile(workdir / name, out / name)
+    shutil.copyfile(workdir / "model.json", out / "model.json")
+    if (workdir / "tokenizer.json").exists():  # a model that reads no tokens has none
+      shutil.copyfile(workdir / "tokenizer.json", out / "tokenizer.json")
   return out
 
 

@@ -22,7 +22,10 @@ log = logging.getLogger("jaxformer.eval")
 
 
 def evaluate(eval_step, params, batches) -> dict[str, float]:
-  """Token-weighted loss, perplexity and accuracy (classification: per example) over `batches`."""
+  """Token-weighted loss, perplexity and accuracy (classification: per example) over `batches`, and for
+  token-level tasks `sequence_accuracy`: the fraction of rows whose every scored target is the model's argmax.
+  When a row is a prompt followed by its scored answer, that equals greedy decoding's exact match (each
+  answer token is then predicted from a correct prefix)."""
   sums = None
   for batch in batches:
     out = eval_step(params, batch)
@@ -32,7 +35,10 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
   sums = jax.device_get(sums)
   w = max(float(sums["weight"]), 1.0)
   nll = float(sums["nll"]) / w
-  return {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "accuracy": float(sums["correct"]) / w}
+  out = {"nll": nll, "perplexity": math.exp(min(nll, 50.0)), "accuracy": float(sums["correct"]) / w}
+  if "rows" in sums:  # LM / seq2seq: the fraction of rows with every scored token right; for a prompt -> answer
+    out["sequence_accuracy"] = float(sums["rows_correct"]) / max(float(sums["rows"]), 1.0)  # row, greedy exact match
+  return out
 
 
 def exact_match(model, params, ds, batches) -> float:
@@ -108,7 +114,8 @@ def evaluate_run(config, workdir, split: str | None = None) -> dict:
   workdir = Path(workdir)
   model, params, tokenizer = load_run(workdir)
   ds = build_dataset(config.data, config.seed, cache_dir=workdir, tokenizer=tokenizer)
-  if ds.tokenizer.to_dict() != tokenizer.to_dict():
+  as_dict = lambda t: None if t is None else t.to_dict()  # None: a model that reads no tokens
+  if as_dict(ds.tokenizer) != as_dict(tokenizer):
     raise ValueError(f"the run in {workdir} was trained with another tokenizer than the config's data gives; "
                      "evaluate with the config it was trained with")
   has_splits = hasattr(ds, "source")  # TFDS datasets; generated tasks and text corpora have one held-out set
@@ -116,7 +123,7 @@ def evaluate_run(config, workdir, split: str | None = None) -> dict:
     raise ValueError(f"data.name={config.data.name!r} has no named splits (one held-out set); drop --split")
   split = split or (ds.data.eval_split if has_splits else "validation")
   model_kind = {"lm": "decoder_only", "seq2seq": "encoder_decoder", "classification": "encoder_classifier",
-                "pair_classification": "dual_encoder_classifier"}[ds.kind]
+                "pair_classification": "dual_encoder_classifier", "regression": "in_context_regression"}[ds.kind]
   eval_step = jax.jit(make_eval_step(model, model_kind))
   tc = config.train
   batches = (ds.eval_batches(tc.eval_batches, tc.eval_batch_size, split=split) if has_splits

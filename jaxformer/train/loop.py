@@ -38,7 +38,7 @@ from jaxformer.train.step import make_eval_step, make_train_step, plan_train_sta
 
 log = logging.getLogger("jaxformer.train")
 _DATA_FOR_MODEL = {"decoder_only": "lm", "encoder_decoder": "seq2seq", "encoder_classifier": "classification",
-                   "dual_encoder_classifier": "pair_classification"}
+                   "dual_encoder_classifier": "pair_classification", "in_context_regression": "regression"}
 
 
 class NonFiniteLossError(FloatingPointError):

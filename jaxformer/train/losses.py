@@ -1,4 +1,5 @@
-"""Token-level losses and metrics, as weighted sums (normalised by the caller)."""
+"""Token-level losses and metrics (and the squared error of regression), as weighted sums (normalised by the
+caller)."""
 from __future__ import annotations
 
 import jax
@@ -24,3 +25,16 @@ def cross_entropy(logits, targets, weights=None, label_smoothing: float = 0.0):
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return {"loss": jnp.sum(loss * weights), "nll": jnp.sum(nll * weights),
           "correct": jnp.sum(correct * weights), "weight": jnp.sum(weights)}
+
+
+def squared_error(predictions, targets, weights=None, tolerance: float = 0.0):
+  """Squared error of real-valued predictions (in-context regression, Garg et al. 2022), in the sums dict of
+  `cross_entropy` so the train loop, gradient accumulation and `evaluate` serve it unchanged: "loss" and "nll"
+  are the weighted sum of (prediction - target)^2, "correct" counts the predictions with a squared error below
+  `tolerance` (the "accuracy" the loop logs).
+
+  predictions, targets, weights: [...] (weights default all 1)."""
+  err = jnp.square(predictions.astype(jnp.float32) - targets.astype(jnp.float32))
+  weights = jnp.ones(err.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+  total = jnp.sum(err * weights)
+  return {"loss": total, "nll": total, "correct": jnp.sum((err < tolerance) * weights), "weight": jnp.sum(weights)}

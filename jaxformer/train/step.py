@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxformer.train.losses import cross_entropy
+from jaxformer.train.losses import cross_entropy, squared_error
 
 
 class TrainState(struct.PyTreeNode):
@@ -69,6 +69,8 @@ def create_train_state(params, tx, seed: int) -> TrainState:
 
 
 CLASSIFIERS = ("encoder_classifier", "dual_encoder_classifier")  # one label per example: batch["label"]
+REGRESSORS = ("in_context_regression",)  # real-valued predictions: squared error instead of cross-entropy
+REGRESSION_TOLERANCE = 0.01  # a regression prediction counts as correct when its squared error / d is below this
 
 
 def _model_args(model_kind: str, batch: dict):
@@ -106,6 +108,14 @@ def forward(model, model_kind: str, params, batch: dict, *, deterministic: bool 
                      rngs=rngs, **_model_kwargs(model_kind, batch))
 
 
+def loss_sums(model_kind: str, outputs, targets, weights, batch: dict, label_smoothing: float = 0.0) -> dict:
+  """The loss sums of `cross_entropy` (logits), or of `squared_error` for regressors (predictions), whose
+  "correct" is a squared error / d below REGRESSION_TOLERANCE (d: the prompt vectors' size, batch["inputs"])."""
+  if model_kind in REGRESSORS:
+    return squared_error(outputs, targets, weights, tolerance=REGRESSION_TOLERANCE * batch["inputs"].shape[-1])
+  return cross_entropy(outputs, targets, weights, label_smoothing)
+
+
 def _split_micro(batch: dict, n: int) -> dict:
   def split(x):
     if x.shape[0] % n:
@@ -119,11 +129,14 @@ def _split_micro(batch: dict, n: int) -> dict:
 def make_train_step(model, model_kind: str, tx, schedule, *, label_smoothing: float = 0.0,
                     grad_accum: int = 1):
   pad_id = model.cfg.pad_id
+  if model_kind in REGRESSORS and label_smoothing:
+    raise ValueError(f"label smoothing applies to classification, not to model_kind={model_kind!r}; "
+                     "set optim.label_smoothing=0")
 
   def loss_fn(params, micro, total_weight, rng):
     logits = forward(model, model_kind, params, micro, deterministic=False, rng=rng)
     targets, weights = targets_and_weights(model_kind, micro, pad_id)
-    sums = cross_entropy(logits, targets, weights, label_smoothing)
+    sums = loss_sums(model_kind, logits, targets, weights, micro, label_smoothing)
     return sums["loss"] / total_weight, sums
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -160,6 +173,12 @@ def make_eval_step(model, model_kind: str):
   def eval_step(params, batch: dict):
     logits = forward(model, model_kind, params, batch)
     targets, weights = targets_and_weights(model_kind, batch, pad_id)
-    return cross_entropy(logits, targets, weights)
+    sums = loss_sums(model_kind, logits, targets, weights, batch)
+    if model_kind not in CLASSIFIERS + REGRESSORS:  # rows whose every weighted target is the argmax (teacher forcing)
+      scored = weights.sum(-1) > 0
+      wrong = ((jnp.argmax(logits, -1) != targets) & (weights > 0)).any(-1)
+      sums |= {"rows_correct": jnp.sum(scored & ~wrong).astype(jnp.float32),
+               "rows": jnp.sum(scored).astype(jnp.float32)}
+    return sums
 
   return eval_step

@@ -45,6 +45,16 @@ def test_associative_recall_query_is_uniform_over_the_keys_present():
   assert len(set(query)) == 9  # every key gets queried
 
 
+def test_associative_recall_train_all_tokens_weights_every_training_target_only():
+  plain, safari = AssociativeRecall(20, 40, seed=4), AssociativeRecall(20, 40, train_all_tokens=True, seed=4)
+  a, b = plain.train_batch(3, 16), safari.train_batch(3, 16)
+  np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  np.testing.assert_array_equal(b["weights"], 1.0)
+  for x, y in zip(plain.eval_batches(2, 16), safari.eval_batches(2, 16)):  # held out: the answer only
+    np.testing.assert_array_equal(x["weights"], y["weights"])
+    np.testing.assert_array_equal(y["weights"].sum(1), 1.0)
+
+
 def test_associative_recall_validates_its_arguments():
   with pytest.raises(ValueError, match="vocab_size"):
     AssociativeRecall(vocab_size=3)

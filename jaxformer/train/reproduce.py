@@ -1,0 +1,206 @@
+"""`jaxformer reproduce NAME`: run a paper reproduction, judge it against its target and record the result.
+
+A reproduction is an experiment config (experiments/NAME.py) with a `reproduce` section:
+
+  family        the RESULTS.md table it belongs to, e.g. "synthetic tasks"
+  paper         who and what, e.g. "Karpathy 2020, minGPT"
+  source        the table / figure / notebook the number comes from
+  metric        where the number is in the run's results: "eval.accuracy", "eval.sequence_accuracy", "bleu", or
+                a key that the experiment's own `analyze(config, workdir, results)` returns
+  metric_name   how the tables name it ("test exact match")
+  published     the paper's number; target: the threshold a run must reach; goal: "max" (reach at least the
+                target) or "min" (at most)
+  hardware, runtime   what the paper's setting needs here
+  smoke         overrides for a seconds-long run that only checks that everything runs (never judged)
+  quick, quick_target   overrides for the shortened run CI judges, and its threshold
+
+`reproduce()` trains the config (resuming as `jaxformer train` does), calls the experiment module's `analyze` when
+it has one, and writes `<workdir>/reproduction.json` (metric, published number, target, passed, time, hardware,
+versions, git revision, the command) and `<workdir>/reproduction.png` (the metric's curve against the published
+number). With `record=True` the JSON is also copied to results/NAME.json, and `results_table()` turns the folder
+into RESULTS.md: the tables are generated from the JSON files, never typed.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import subprocess
+from pathlib import Path
+
+from jaxformer.config import EXPERIMENTS_DIR, ConfigError, import_file, load_config, resolve_experiment
+
+log = logging.getLogger("jaxformer.reproduce")
+REPO = EXPERIMENTS_DIR.parent
+RESULTS_DIR = REPO / "results"
+SPEC_KEYS = ("family", "paper", "source", "metric", "metric_name", "published", "target", "goal", "hardware",
+             "runtime", "smoke", "quick", "quick_target")
+MODES = ("full", "quick", "smoke")
+
+
+def spec(config, name: str = "") -> dict:
+  """The config's `reproduce` section as a dict, checked: every key present, goal max or min."""
+  if "reproduce" not in config:
+    raise ConfigError(f"experiment {name or config.get('name')!r} is not a reproduction (no `reproduce` section); "
+                      f"reproductions: {reproductions()}")
+  s = config.reproduce.to_dict()
+  missing = [k for k in SPEC_KEYS if k not in s]
+  if missing or s["goal"] not in ("max", "min"):
+    raise ConfigError(f"the reproduce section of {name!r} needs {list(SPEC_KEYS)} with goal 'max' or 'min'; "
+                      f"missing: {missing}, goal: {s.get('goal')!r}")
+  return s
+
+
+def reproductions() -> list[str]:
+  """Names of the experiments that define a `reproduce` section."""
+  paths = sorted(p for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+  return [p.stem for p in paths if "reproduce" in load_config(p)]
+
+
+def metric_value(results: dict, path: str) -> float:
+  """`results` looked up along a dotted path ("eval.accuracy")."""
+  node = results
+  for part in path.split("."):
+    if not isinstance(node, dict) or part not in node:
+      raise ValueError(f"the run's results have no {path!r} (found {sorted(results)}); fix reproduce.metric")
+    node = node[part]
+  return float(node)
+
+
+def passed(value: float, target: float, goal: str) -> bool:
+  return math.isfinite(value) and (value >= target if goal == "max" else value <= target)
+
+
+def git_revision() -> str:
+  """The checkout's commit, with "+dirty" when tracked files differ from it; "unknown" outside git."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def command_line(name: str, mode: str, overrides) -> str:
+  flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
+  return f"jaxformer reproduce {name}{flag}" + "".join(f" --config.{o}" for o in overrides)
+
+
+def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", record: bool = False,
+              progress: bool = False) -> dict:
+  """Train reproduction `name` (an experiment name or file), judge its metric and write reproduction.json/png.
+
+  mode: "full" (the paper's setting), "quick" (the shortened run CI judges against quick_target) or "smoke"
+  (seconds; not judged). record: also write results/NAME.json and regenerate RESULTS.md (full runs only)."""
+  from jaxformer.train.loop import train
+
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  path = resolve_experiment(name)
+  name = path.stem
+  overrides = [o.removeprefix("--").removeprefix("config.") for o in overrides]
+  s = spec(load_config(path), name)
+  preset = {"full": (), "quick": tuple(s["quick"]), "smoke": tuple(s["smoke"])}[mode]
+  config = load_config(path, [*preset, *overrides])
+  workdir = Path(workdir or REPO / "runs" / "reproduce" / name)
+  results = train(config, workdir, progress=progress)
+  analyze = getattr(import_file(path), "analyze", None)
+  extra = analyze(config, workdir, results) if analyze is not None else {}
+  results |= extra
+  value = metric_value(results, s["metric"])
+  target = s["quick_target"] if mode == "quick" else s["target"]
+  record_ = {
+      "name": name, "mode": mode, "family": s["family"], "paper": s["paper"], "source": s["source"],
+      "metric": s["metric"], "metric_name": s["metric_name"], "value": value, "published": s["published"],
+      "target": target, "goal": s["goal"], "passed": None if mode == "smoke" else passed(value, target, s["goal"]),
+      "step": results["step"], "total_s": results["total_s"], "hardware": results["hardware"],
+      "versions": results["versions"], "git": git_revision(),
+      "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+      "command": command_line(name, mode, overrides), "overrides": [*preset, *overrides],
+      "extra": extra,
+  }
+  (workdir / "reproduction.json").write_text(json.dumps(record_, indent=1))
+  plot_metric(workdir, record_)
+  if record:
+    if mode != "full":
+      raise ValueError("only full runs are recorded in results/ (a --quick or --smoke run is not the paper's setting)")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record_, indent=1) + "\n")
+    write_results_table(RESULTS_DIR, RESULTS_DIR.parent / "RESULTS.md")
+  return record_
+
+
+def plot_metric(workdir: Path, record: dict) -> Path | None:
+  """The metric's evaluations (and its training-batch values, when logged) against step, with the published
+  number and the target; None when the metric is not logged at evaluations (e.g. BLEU, computed once at the end)."""
+  from jaxformer.train.metrics import new_figure, read_metrics
+
+  if not record["metric"].startswith("eval."):
+    return None
+  key = record["metric"].split(".", 1)[1]
+  records = read_metrics(workdir)
+  curves = {split: [(r["step"], r[key]) for r in records if r["split"] == split and key in r]
+            for split in ("eval", "train")}
+  if not curves["eval"]:
+    return None
+  fig = new_figure(figsize=(6, 4))
+  ax = fig.subplots()
+  ax.plot(*zip(*curves["eval"]), "o-", label=f"jaxformer, evaluation ({record['mode']} run)")
+  if curves["train"]:  # the same metric on the training batches, when logged (e.g. accuracy; grokking needs it)
+    ax.plot(*zip(*curves["train"]), "-", alpha=0.6, label="jaxformer, training batches")
+  ax.axhline(record["published"], color="k", ls="--", label=f"published {record['published']:g}")
+  if record["target"] != record["published"]:
+    ax.axhline(record["target"], color="r", ls=":", label=f"target {record['target']:g}")
+  ax.set_xlabel("step")
+  ax.set_ylabel(record["metric_name"])
+  ax.set_title(f"{record['name']}: {record['paper']}", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  out = workdir / "reproduction.png"
+  fig.savefig(out)
+  return out
+
+
+def _fmt(x) -> str:
+  return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def results_table(results_dir: Path) -> str:
+  """RESULTS.md: one table per family, a row per reproduction, filled from results_dir/NAME.json; a reproduction
+  with no recorded run is listed as not run here."""
+  rows: dict[str, list[str]] = {}
+  for name in reproductions():
+    s = spec(load_config(name), name)
+    f = Path(results_dir) / f"{name}.json"
+    if f.exists():
+      r = json.loads(f.read_text())
+      verdict = "yes" if r["passed"] else "**no**"
+      row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {_fmt(r['published'])} | "
+             f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {_fmt(r['target'])}: {verdict} | "
+             f"{r['hardware']} | {r['total_s'] / 60:.1f} min | `{r['command']}` | {r['git'][:10]}, {r['date']} |")
+    else:
+      row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {_fmt(s['published'])} | not run here "
+             f"| {'≥' if s['goal'] == 'max' else '≤'} {_fmt(s['target'])} | needs {s['hardware']} | {s['runtime']} | "
+             f"`jaxformer reproduce {name}` | |")
+    rows.setdefault(s["family"], []).append(row)
+  out = ["# Results", "",
+         "Generated by `jaxformer reproduce --table` from results/*.json (written by `jaxformer reproduce NAME "
+         "--record`); do not edit by hand. Each row is one run of the command shown, on the hardware shown.", ""]
+  for family, lines in rows.items():
+    out += [f"## {family}", "",
+            "| reproduction | paper | metric | published | jaxformer | target: met | hardware | time | command "
+            "| revision, date |", "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
+  return "\n".join(out)
+
+
+def write_results_table(results_dir: Path = RESULTS_DIR, out: Path = REPO / "RESULTS.md") -> Path:
+  """RESULTS.md from results_dir (`jaxformer reproduce --table`)."""
+  Path(out).write_text(results_table(results_dir))
+  log.info("wrote %s", out)
+  return Path(out)

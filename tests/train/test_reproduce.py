@@ -1,0 +1,116 @@
+"""`jaxformer reproduce`: the CPU ladder's fast rungs judged against their targets (these are CI's), the result
+record, and RESULTS.md generated from the recorded JSON files."""
+import json
+
+import numpy as np
+import pytest
+
+from jaxformer.cli import main
+from jaxformer.config import ConfigError, load_config
+from jaxformer.train import reproduce as rp
+
+
+def test_mingpt_sort_reaches_100_percent_test_exact_match(tmp_path):
+  """The first rung, in full: minGPT's demo setting, every held-out input sorted by greedy decoding."""
+  r = rp.reproduce("mingpt_sort", tmp_path)
+  assert r["passed"] is True and r["value"] == 1.0 and r["mode"] == "full" and r["step"] == 2000
+  on_disk = json.loads((tmp_path / "reproduction.json").read_text())
+  assert on_disk == r
+  assert r["command"] == "jaxformer reproduce mingpt_sort" and r["overrides"] == []
+  assert r["git"] != "unknown" and r["versions"]["jax"] and r["total_s"] > 0
+  assert (tmp_path / "reproduction.png").stat().st_size > 1000
+
+
+def test_h3_associative_recall_quick_run_reaches_its_target(tmp_path):
+  r = rp.reproduce("h3_associative_recall", tmp_path, mode="quick")
+  s = rp.spec(load_config("h3_associative_recall"))
+  assert r["target"] == s["quick_target"] and r["value"] >= s["quick_target"] and r["passed"] is True
+  assert r["command"] == "jaxformer reproduce h3_associative_recall --quick"
+
+
+def test_missed_target_exits_1_and_sequence_accuracy_is_greedy_exact_match(tmp_path, capsys):
+  """A short sort run misses its target (exit status 1). Its teacher-forced sequence accuracy equals greedy
+  decoding's exact match over the whole test split (the model gets 12 positions so greedy can emit all 6)."""
+  from jaxformer.data import MinGPTSort
+  from jaxformer.decode import generate
+  from jaxformer.train.checkpoint import load_run
+
+  status = main(["reproduce", "mingpt_sort", "--quick", "--workdir", str(tmp_path), "--no-progress",
+                 "--config.train.steps=25", "--config.model.max_len=12"])
+  assert status == 1 and "NOT reached" in capsys.readouterr().out
+  r = json.loads((tmp_path / "reproduction.json").read_text())
+  assert r["passed"] is False and r["overrides"] == ["train.steps=25", "model.max_len=12"]
+  assert r["command"] == "jaxformer reproduce mingpt_sort --quick --config.train.steps=25 --config.model.max_len=12"
+  model, params, _ = load_run(tmp_path)
+  test = MinGPTSort().test
+  out = np.asarray(generate(model, params, test + 1, max_new_tokens=6, pad_token_id=0).sequences)[:, 6:] - 1
+  greedy = np.mean(np.all(out == np.sort(test, axis=1), axis=1))
+  assert 0.0 < greedy < 1.0  # partly trained, so the comparison means something
+  assert r["value"] == pytest.approx(greedy, abs=1e-9)
+
+
+def test_smoke_runs_are_not_judged_nor_recorded(tmp_path):
+  r = rp.reproduce("mingpt_sort", tmp_path, ["train.eval_batch_size=64"], mode="smoke")
+  assert r["passed"] is None and r["step"] == 20
+  with pytest.raises(ValueError, match="only full runs"):
+    rp.reproduce("mingpt_sort", tmp_path / "again", mode="smoke", record=True)
+
+
+def test_results_md_is_generated_from_the_recorded_results():
+  """RESULTS.md is exactly what `jaxformer reproduce --table` makes of results/*.json: nobody typed it."""
+  assert (rp.REPO / "RESULTS.md").read_text() == rp.results_table(rp.RESULTS_DIR)
+  for f in rp.RESULTS_DIR.glob("*.json"):
+    r = json.loads(f.read_text())
+    assert r["mode"] == "full" and r["name"] == f.stem and r["git"] != "unknown"
+
+
+def test_results_table_rows(tmp_path):
+  record = dict(name="mingpt_sort", mode="full", paper="P", source="S", metric_name="m", published=1.0, value=0.5,
+                target=1.0, goal="max", passed=False, hardware="hw", total_s=90.0, command="cmd", git="abcdef0123456",
+                date="2026-01-01")
+  (tmp_path / "mingpt_sort.json").write_text(json.dumps(record))
+  table = rp.results_table(tmp_path)
+  assert "| mingpt_sort | P, S | m | 1 | 0.5 | ≥ 1: **no** | hw | 1.5 min | `cmd` | abcdef0123, 2026-01-01 |" in table
+  assert "| h3_associative_recall |" in table and "not run here" in table
+  assert table.index("## synthetic tasks") < table.index("| mingpt_sort |")
+
+
+def test_reproduce_rejects_what_is_not_a_reproduction(tmp_path, capsys):
+  assert set(rp.reproductions()) >= {"mingpt_sort", "h3_associative_recall"} and "char_lm" not in rp.reproductions()
+  with pytest.raises(ConfigError, match="not a reproduction.*mingpt_sort"):
+    rp.reproduce("char_lm", tmp_path)
+  assert main(["reproduce", "no_such_experiment"]) == 2
+  assert "no experiment named 'no_such_experiment'" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="no 'eval.bleu'"):
+    rp.metric_value({"eval": {"accuracy": 1.0}}, "eval.bleu")
+  config = load_config("mingpt_sort")
+  with config.unlocked():
+    del config.reproduce.goal
+  with pytest.raises(ConfigError, match="missing: \\['goal'\\]"):
+    rp.spec(config, "mingpt_sort")
+
+
+# --- the rest of the CPU ladder, in full (slow: bash scripts/test.sh -m slow -k reproduce) -------------------
+
+
+@pytest.mark.slow
+def test_h3_associative_recall_full_run_reaches_97_percent(tmp_path):
+  r = rp.reproduce("h3_associative_recall", tmp_path)
+  assert r["passed"] is True and r["value"] >= 0.97
+
+
+@pytest.mark.slow
+def test_grokking_test_accuracy_jumps_long_after_train_accuracy_saturates(tmp_path):
+  r = rp.reproduce("grokking_modular_addition", tmp_path)
+  assert r["passed"] is True
+  train_step, test_step = r["extra"]["train_99_step"], r["extra"]["test_99_step"]
+  assert train_step is not None and test_step is not None and test_step > 3 * train_step
+
+
+@pytest.mark.slow
+def test_nanogpt_baby_reaches_its_val_loss_on_the_offline_corpus(tmp_path):
+  corpus = rp.REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+  if not corpus.is_file():
+    pytest.skip(f"{corpus} (the offline tiny-shakespeare copy) is absent")
+  r = rp.reproduce("nanogpt_shakespeare_char_baby", tmp_path, [f"data.path={corpus}"])
+  assert r["passed"] is True and r["value"] <= 1.93
