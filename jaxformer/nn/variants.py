@@ -56,7 +56,7 @@ def projections(kind: str) -> tuple[str, ...]:
   return PROJECTIONS.get(kind, ("query", "key", "value"))
 
 
-CAUSAL_MODELS = ("decoder_only", "encoder_decoder")
+CAUSAL_MODELS = ("decoder_only", "encoder_decoder", "in_context_regression")
 NO_PACKING = ("performer", "linformer", "synthesizer")  # cannot keep several sequences of one row apart
 
 

@@ -20,16 +20,19 @@ CFG = TransformerConfig.gpt2(vocab_size=0, d_model=32, num_heads=2, mlp_dim=64, 
 EXPERIMENT = "garg_icl_linear_regression"
 
 
-def _model_and_prompts(batch_size=2, dim=3, num_points=6):
+@pytest.fixture(scope="module")
+def setup():
+  """A tiny regressor, its parameters and 2 prompts of 6 points in 3 dimensions (12 vectors)."""
   model = InContextRegressor(CFG)
-  batch = LinearRegressionTask(dim, num_points).train_batch(0, batch_size)
+  batch = LinearRegressionTask(dim=3, num_points=6).train_batch(0, 2)
   params, _ = init_params(model, "in_context_regression", batch, seed=0)
-  return model, params, jnp.asarray(batch["inputs"])
+  return model, params, batch
 
 
-def test_prediction_i_sees_x_1_to_x_i_and_y_before_it_only():
+def test_prediction_i_sees_x_1_to_x_i_and_y_before_it_only(setup):
   """Changing y_i or anything after it leaves predictions 1..i bit-identical; changing x_i changes prediction i."""
-  model, params, inputs = _model_and_prompts()
+  model, params, batch = setup
+  inputs = jnp.asarray(batch["inputs"])
   apply = jax.jit(lambda x: model.apply({"params": params}, x))
   base = apply(inputs)
   assert base.shape == (2, 6) and base.dtype == jnp.float32
@@ -43,21 +46,22 @@ def test_prediction_i_sees_x_1_to_x_i_and_y_before_it_only():
     assert np.all(np.asarray(own_x[:, i]) != np.asarray(base[:, i]))
 
 
-def test_gradient_causality():
+def test_gradient_causality(setup):
   """d prediction_i / d input_j = 0 for every vector j after x_i (positions > 2i), nonzero up to x_i."""
-  model, params, inputs = _model_and_prompts(batch_size=1)
-  jac = np.asarray(jax.jacrev(lambda x: model.apply({"params": params}, x)[0])(inputs))[:, 0]  # [n, 2n, d]
+  model, params, batch = setup
+  jac = jax.jit(jax.jacrev(lambda x: model.apply({"params": params}, x)[0]))(jnp.asarray(batch["inputs"][:1]))
+  jac = np.asarray(jac)[:, 0]  # [n, 2n, d]: prediction i of prompt 0 against every input vector
   for i in range(6):
     assert np.all(jac[i, 2 * i + 1:] == 0.0)
     assert np.all(np.abs(jac[i, :2 * i + 1]).sum(-1) > 0)
 
 
-def test_read_out_is_the_prediction_and_prompt_length_is_checked():
+def test_read_out_is_the_prediction_and_prompt_shapes_are_checked(setup):
   """With the read-out's kernel zeroed, every prediction is its bias: one value per x position."""
-  model, params, inputs = _model_and_prompts(num_points=7)
-  params = jax.tree.map(lambda a: a, params)
-  params["read_out"] = {"kernel": jnp.zeros_like(params["read_out"]["kernel"]), "bias": jnp.full((1,), 0.25)}
-  np.testing.assert_array_equal(model.apply({"params": params}, inputs), np.full((2, 7), 0.25, np.float32))
+  model, params, batch = setup
+  params = {**params, "read_out": {"kernel": jnp.zeros_like(params["read_out"]["kernel"]),
+                                   "bias": jnp.full((1,), 0.25)}}
+  np.testing.assert_array_equal(model.apply({"params": params}, batch["inputs"]), np.full((2, 6), 0.25, np.float32))
   with pytest.raises(ValueError, match="model.max_len >= 18"):
     model.apply({"params": params}, jnp.zeros((1, 18, 3)))
   with pytest.raises(ValueError, match="x, y interleaved"):
@@ -75,15 +79,13 @@ def test_squared_error_sums_by_hand():
   assert sums["correct"] == np.sum((err < 0.5) * weights) and sums["weight"] == weights.sum()
 
 
-def test_eval_step_scores_the_squared_error_and_no_token_rows():
-  model, params, inputs = _model_and_prompts()
-  batch = LinearRegressionTask(3, 6).train_batch(0, 2)
+def test_eval_step_scores_the_squared_error_and_no_token_rows(setup):
+  model, params, batch = setup
   sums = jax.device_get(make_eval_step(model, "in_context_regression")(params, batch))
   assert set(sums) == {"loss", "nll", "correct", "weight"}  # no argmax-based row accuracy for real values
-  pred = np.asarray(model.apply({"params": params}, inputs))
-  err = (pred - batch["targets"]) ** 2
+  err = (np.asarray(model.apply({"params": params}, batch["inputs"])) - batch["targets"]) ** 2
   np.testing.assert_allclose(sums["loss"], err.sum(), rtol=1e-5)
-  assert sums["weight"] == 12 and sums["correct"] == np.sum(err < 0.01 * 3)
+  assert sums["weight"] == 12 and sums["correct"] == np.sum(err < 0.01 * 3)  # squared error / d below 0.01
 
 
 def test_least_squares_reference_is_exact_from_d_points():
@@ -101,23 +103,25 @@ def test_least_squares_reference_is_exact_from_d_points():
   np.testing.assert_array_equal(error["least_squares"][0], error["zero"][0])  # no examples: predict 0
 
 
-def test_smoke_run_trains_and_analyze_reports_every_k(tmp_path):
-  """The experiment's smoke variant, lengthened to 100 steps with a short warmup so the loss can fall."""
+def test_smoke_run_learns_in_context_and_analyze_reports_every_k(tmp_path):
+  """The experiment's smoke variant, shrunk to d = 1 and 4 points so that 200 steps learn something: the held-out
+  error falls below the zero predictor's (E[y^2] = d = 1), which needs the examples in the prompt."""
   s = load_config(EXPERIMENT).reproduce
-  config = load_config(EXPERIMENT, [*s.smoke, "train.steps=100", "train.eval_every=50", "optim.warmup_steps=10",
-                                    "train.eval_batches=2"])
+  config = load_config(EXPERIMENT, [*s.smoke, "data.dim=1", "data.num_points=4", "model.max_len=8", "train.steps=200",
+                                    "train.eval_every=100", "train.eval_batches=2", "optim.warmup_steps=10"])
   results = train(config, tmp_path, progress=False)
-  assert not (tmp_path / "tokenizer.json").exists() and results["step"] == 100
+  assert not (tmp_path / "tokenizer.json").exists() and results["step"] == 200
   evals = [r["nll"] for r in read_metrics(tmp_path) if r["split"] == "eval"]
-  assert evals[-1] < evals[0] and results["eval"]["nll"] == evals[-1]
+  assert evals[-1] < evals[0] and results["eval"]["nll"] == evals[-1] < 0.8
   model, _, tokenizer = load_run(tmp_path)
   assert tokenizer is None and isinstance(model, InContextRegressor)
   extra = import_file(resolve_experiment(EXPERIMENT)).analyze(config, tmp_path, results, num_prompts=200)
   json.dumps(extra)
   curves = extra["error_by_k"]
-  assert set(curves) == {"model", "least_squares", "averaging", "zero"} and all(len(c) == 11 for c in curves.values())
-  assert max(curves["least_squares"][5:]) < 1e-8
-  assert extra["excess_error_k_ge_d"] == pytest.approx(np.mean(curves["model"][5:]) - np.mean(curves["least_squares"][5:]))
+  assert set(curves) == {"model", "least_squares", "averaging", "zero"} and all(len(c) == 4 for c in curves.values())
+  assert max(curves["least_squares"][1:]) < 1e-8 and curves["model"][3] < curves["zero"][3]
+  excess = np.mean(curves["model"][1:]) - np.mean(curves["least_squares"][1:])  # k >= d = 1
+  assert extra["excess_error_k_ge_d"] == pytest.approx(excess)
   assert (tmp_path / "icl_error.png").stat().st_size > 1000
 
 
