@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import signal
@@ -365,7 +366,8 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
 
 def _hardware() -> str:
   d = jax.devices()[0]
-  return f"{len(jax.devices())}x {d.device_kind} ({d.platform}), {platform.machine()}"
+  host = f"{platform.machine()}, {os.cpu_count()} CPU cores"  # on CPU the cores are the hardware (devices may be simulated)
+  return f"{len(jax.devices())}x {d.device_kind} ({d.platform}), {host}"
 
 
 def _versions() -> dict[str, str]:

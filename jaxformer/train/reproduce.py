@@ -118,7 +118,8 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
       "name": name, "mode": mode, "family": s["family"], "paper": s["paper"], "source": s["source"],
       "metric": s["metric"], "metric_name": s["metric_name"], "value": value, "published": s["published"],
       "target": target, "goal": s["goal"], "passed": None if mode == "smoke" else passed(value, target, s["goal"]),
-      "step": results["step"], "total_s": results["total_s"], "hardware": results["hardware"],
+      "step": results["step"], "resumed_from_step": results.get("resumed_from_step"),  # total_s: this invocation
+      "total_s": results["total_s"], "hardware": results["hardware"],
       "versions": results["versions"], "git": git_revision(),
       "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
       "command": command_line(name, mode, overrides), "overrides": [*preset, *overrides],
@@ -167,6 +168,11 @@ def plot_metric(workdir: Path, record: dict) -> Path | None:
   return out
 
 
+def _time(r: dict) -> str:
+  resumed = r.get("resumed_from_step")
+  return f"{r['total_s'] / 60:.1f} min" + (f" (from step {resumed} to {r['step']}, resumed)" if resumed else "")
+
+
 def _fmt(x) -> str:
   return f"{x:.4g}" if isinstance(x, float) else str(x)
 
@@ -183,7 +189,7 @@ def results_table(results_dir: Path) -> str:
       verdict = "yes" if r["passed"] else "**no**"
       row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {_fmt(r['published'])} | "
              f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {_fmt(r['target'])}: {verdict} | "
-             f"{r['hardware']} | {r['total_s'] / 60:.1f} min | `{r['command']}` | {r['git'][:10]}, {r['date']} |")
+             f"{r['hardware']} | {_time(r)} | `{r['command']}` | {r['git'][:10]}, {r['date']} |")
     else:
       row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {_fmt(s['published'])} | not run here "
              f"| {'≥' if s['goal'] == 'max' else '≤'} {_fmt(s['target'])} | needs {s['hardware']} | {s['runtime']} | "
