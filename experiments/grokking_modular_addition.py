@@ -3,7 +3,7 @@ grokking via mechanistic interpretability" (section 3, Figure 1): a one-layer tr
 of the pairs (a, b) mod 113 first memorises them (train accuracy 100%, test at chance), then, long after,
 generalises: test accuracy jumps to 100% (around 10k epochs in the paper's Figure 1).
 
-  jaxformer reproduce grokking_modular_addition          # ~20-30 min on 2 CPU cores (slow; not in CI)
+  jaxformer reproduce grokking_modular_addition          # ~1 hour on 2 CPU cores (slow; not in CI)
 
 Data: `jaxformer.data.ModularArithmetic` ("a b =" -> (a + b) mod 113, scored at "="), 3830 training pairs, the
 other 8939 for test. Model as Nanda et al.: 1 layer, 4 heads of 32, width 128, ReLU MLP of 512, no LayerNorm,
@@ -11,7 +11,10 @@ learned positions, untied unembedding, init std 0.8/sqrt(d_model) (HookedTransfo
 AdamW(0.9, 0.98), lr 1e-3 (10 warmup steps, then constant), weight decay 1.0 (here on matrices only; the paper:
 every parameter), no clipping. Published: test accuracy 100% (Figure 1). `analyze` reports the first step at which
 train accuracy and then test accuracy reach 99%; the gap between them is the grokking.
-Hardware/time: 2 CPU cores, ~20-30 minutes. Smoke variant: --smoke.
+Measured here so far: train accuracy 99% by step 300, test accuracy still 0.07 at step 8000 and rising slowly,
+so the budget is 30k full-batch steps (the paper trains 40k epochs; the schedule is constant, so a run stopped
+early and resumed with more steps is the same run).
+Hardware/time: 2 CPU cores, ~0.12 s per step: about 1 hour. Smoke variant: --smoke.
 """
 import ml_collections
 from _common import base_config
@@ -31,7 +34,7 @@ def get_config():
   c.data.p = 113
   c.data.operation = "add"
   c.data.train_fraction = 0.3
-  c.train.update(dict(steps=12000, batch_size=3830, log_every=100, eval_every=200, eval_batches=0,
+  c.train.update(dict(steps=30000, batch_size=3830, log_every=100, eval_every=200, eval_batches=0,
                       eval_batch_size=8939, tensorboard=False))
   c.optim.update(dict(name="adamw", lr=1e-3, schedule="constant", warmup_steps=10, b1=0.9, b2=0.98,
                       weight_decay=1.0, clip_norm=0.0))
@@ -40,7 +43,7 @@ def get_config():
   c.reproduce = ml_collections.ConfigDict(dict(
       family="synthetic tasks", paper="Nanda et al. 2023, grokking", source="Figure 1 (p = 113, 30% train)",
       metric="eval.accuracy", metric_name="test accuracy", published=1.0, target=0.99, goal="max",
-      hardware="2 CPU cores", runtime="20-30 minutes",
+      hardware="2 CPU cores", runtime="about 1 hour",
       smoke=("train.steps=20", "train.eval_every=10"), quick=("train.steps=3000",), quick_target=0.99))
   return c
 
