@@ -179,7 +179,7 @@ def _fmt(x) -> str:
 
 def results_table(results_dir: Path) -> str:
   """RESULTS.md: one table per family, a row per reproduction, filled from results_dir/NAME.json; a reproduction
-  with no recorded run is listed as not run here."""
+  with no recorded run is listed as not run yet, with its hardware and estimated runtime."""
   rows: dict[str, list[str]] = {}
   for name in reproductions():
     s = spec(load_config(name), name)
@@ -187,12 +187,12 @@ def results_table(results_dir: Path) -> str:
     if f.exists():
       r = json.loads(f.read_text())
       verdict = "yes" if r["passed"] else "**no**"
-      row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {_fmt(r['published'])} | "
-             f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {_fmt(r['target'])}: {verdict} | "
+      row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {r['published']:g} | "
+             f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {r['target']:g}: {verdict} | "
              f"{r['hardware']} | {_time(r)} | `{r['command']}` | {r['git'][:10]}, {r['date']} |")
     else:
-      row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {_fmt(s['published'])} | not run here "
-             f"| {'≥' if s['goal'] == 'max' else '≤'} {_fmt(s['target'])} | needs {s['hardware']} | {s['runtime']} | "
+      row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {s['published']:g} | not run yet "
+             f"| {'≥' if s['goal'] == 'max' else '≤'} {s['target']:g} | {s['hardware']} | {s['runtime']} (estimate) | "
              f"`jaxformer reproduce {name}` | |")
     rows.setdefault(s["family"], []).append(row)
   out = ["# Results", "",

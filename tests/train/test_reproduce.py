@@ -74,7 +74,7 @@ def test_results_table_rows(tmp_path):
   table = rp.results_table(tmp_path)
   assert "| mingpt_sort | P, S | m | 1 | 0.5 | ≥ 1: **no** | hw | 1.5 min | `cmd` | abcdef0123, 2026-01-01 |" in table
   assert "| ≥ 1: yes | hw | 1.5 min (from step 12000 to 20000, resumed) |" in table
-  assert "| h3_associative_recall |" in table and "not run here" in table
+  assert "| h3_associative_recall |" in table and "not run yet" in table
   assert table.index("## synthetic tasks") < table.index("| mingpt_sort |")
 
 
