@@ -4,17 +4,19 @@ MinGPTSort: Karpathy's minGPT demo (`SortDataset` in karpathy/minGPT, demo.ipynb
 {0, ..., num_digits - 1}: the row is the digits then their sorted copy, next-token targets, and only the sorted
 half is scored, so a row is right exactly when greedy decoding sorts the prompt. minGPT assigns each of the
 num_digits ** length inputs to test when a hash of it is 0 mod 4; here a fixed permutation puts a quarter of
-them in test. As minGPT, half of the training draws are redrawn until at most length // 2 digits are distinct
-(runs of repeats are what the model learns last). Ids: 0 pad, digit d is id d + 1.
+them in test. As minGPT's sampler, inputs with at most length // 2 distinct digits are drawn twice as often as the
+others (runs of repeats are what the model learns last; with 3 digits and length 6 that is every input, so the
+demo's draws are uniform). Ids: 0 pad, digit d is id d + 1.
 
 ModularArithmetic: the grokking task of Power et al. 2022 as set up by Nanda et al. 2023 ("Progress measures for
 grokking via mechanistic interpretability"): every pair (a, b) of residues mod p, written "a b =", with
 (a + b) mod p (or a - b, a * b) scored at "=". A fixed fraction of the p**2 pairs is the training set and
 the rest the test set; a batch size equal to the training set gives the paper's full-batch training. Ids: 0 pad
-(never used), residue r is r + 1, "=" is p + 1; nothing is padding, so set model.pad_id to None.
+(only in the padding rows that fill the last evaluation batch), residue r is r + 1, "=" is p + 1; no real token
+is padding, so set model.pad_id to None.
 
 Both tasks are "lm" datasets: `inputs`, `targets`, `weights` (1 only where scored); `eval_batches(0, n)` is the
-whole test split and `train_eval_batches` the whole training split, in rows of `batch_size`.
+whole test split (config: train.eval_batches=0), the last batch filled with rows of weight 0.
 """
 from __future__ import annotations
 
@@ -49,9 +51,6 @@ class _SplitTask:
   def eval_batches(self, num_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
     return _batches(self._rows(self.test), batch_size, num_batches)
 
-  def train_eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
-    return _batches(self._rows(self.train), batch_size)
-
 
 class MinGPTSort(_SplitTask):
 
@@ -68,8 +67,10 @@ class MinGPTSort(_SplitTask):
     order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(len(universe))
     n_test = max(1, round(test_fraction * len(universe)))
     self.test, self.train = universe[np.sort(order[:n_test])], universe[np.sort(order[n_test:])]
+    # minGPT's "boost": half of its draws reject inputs with more than length // 2 distinct digits, so an input with
+    # few distinct digits is drawn twice as often as one with many (with 3 digits and length 6, every input is "few")
     few = np.array([len(np.unique(x)) <= length // 2 for x in self.train])
-    self.train_repeats = self.train[few]  # minGPT's "boost": inputs with at most length // 2 distinct digits
+    self.train_p = (1.0 + few) / (1.0 + few).sum()
 
   def _rows(self, digits: np.ndarray) -> dict[str, np.ndarray]:
     seq = np.concatenate([digits, np.sort(digits, axis=1)], axis=1).astype(np.int32) + 1  # ids: digit + 1
@@ -79,10 +80,7 @@ class MinGPTSort(_SplitTask):
 
   def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([self.seed, step])
-    boost = rng.random(batch_size) < 0.5
-    pick = np.where(boost[:, None], self.train_repeats[rng.integers(len(self.train_repeats), size=batch_size)],
-                    self.train[rng.integers(len(self.train), size=batch_size)])
-    return self._rows(pick)
+    return self._rows(self.train[rng.choice(len(self.train), size=batch_size, p=self.train_p)])
 
 
 OPERATIONS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}
@@ -100,7 +98,7 @@ class ModularArithmetic(_SplitTask):
     self.tokenizer = WordTokenizer([str(i) for i in range(p)] + ["="])
     pairs = np.indices((p, p)).reshape(2, -1).T  # (a, b) for every a, b
     order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(len(pairs))
-    n_train = round(train_fraction * len(pairs))
+    n_train = int(train_fraction * len(pairs))  # as Nanda et al.: 3830 of 12769 pairs at p=113
     self.train, self.test = pairs[order[:n_train]], pairs[order[n_train:]]
 
   def _rows(self, pairs: np.ndarray) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-HELD_OUT_STREAM = 2**31 - 1  # the rng key of the held-out batches: [seed, HELD_OUT_STREAM]
+from jaxformer.data.recall import HELD_OUT_STREAM  # the rng key of the held-out batches: [seed, it]
 
 
 class LinearRegressionTask:

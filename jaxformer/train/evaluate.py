@@ -23,7 +23,8 @@ log = logging.getLogger("jaxformer.eval")
 
 def evaluate(eval_step, params, batches) -> dict[str, float]:
   """Token-weighted loss, perplexity and accuracy (classification: per example) over `batches`, and for
-  token-level tasks `sequence_accuracy`: the fraction of rows whose every scored target is the model's argmax.
+  token-level tasks with one sequence per row (not packed) `sequence_accuracy`: the fraction of rows whose every
+  scored target is the model's argmax.
   When a row is a prompt followed by its scored answer, that equals greedy decoding's exact match (each
   answer token is then predicted from a correct prefix)."""
   sums = None

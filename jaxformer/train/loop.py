@@ -366,7 +366,7 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
 
 def _hardware() -> str:
   d = jax.devices()[0]
-  host = f"{platform.machine()}, {os.cpu_count()} CPU cores"  # on CPU the cores are the hardware (devices may be simulated)
+  host = f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores"  # the cores this process may use
   return f"{len(jax.devices())}x {d.device_kind} ({d.platform}), {host}"
 
 

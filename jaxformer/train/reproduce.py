@@ -26,6 +26,7 @@ import datetime
 import json
 import logging
 import math
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def metric_value(results: dict, path: str) -> float:
   node = results
   for part in path.split("."):
     if not isinstance(node, dict) or part not in node:
-      raise ValueError(f"the run's results have no {path!r} (found {sorted(results)}); fix reproduce.metric")
+      found = sorted(node) if isinstance(node, dict) else type(node).__name__
+      raise ValueError(f"the run's results have no {path!r} ({part!r} is not among {found}); fix reproduce.metric")
     node = node[part]
+  if not isinstance(node, int | float):
+    raise ValueError(f"the run's results give {path!r} = {node!r}, not a number; fix reproduce.metric")
   return float(node)
 
 
@@ -73,14 +77,15 @@ def passed(value: float, target: float, goal: str) -> bool:
 
 
 def git_revision() -> str:
-  """The checkout's commit, with "+dirty" when tracked files differ from it; "unknown" outside git."""
+  """The checkout's commit, with "+dirty" when files other than the records (results/, RESULTS.md) differ from it
+  or are untracked; "unknown" outside git."""
   def git(*args):
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
   try:
     head = git("rev-parse", "HEAD")
     if head.returncode:
       return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = git("status", "--porcelain", "--", ".", ":!results", ":!RESULTS.md", ":!runs").stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
   except (OSError, subprocess.SubprocessError):
     return "unknown"
@@ -88,7 +93,17 @@ def git_revision() -> str:
 
 def command_line(name: str, mode: str, overrides) -> str:
   flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
-  return f"jaxformer reproduce {name}{flag}" + "".join(f" --config.{o}" for o in overrides)
+  return f"jaxformer reproduce {name}{flag}" + "".join(" " + shlex.quote(f"--config.{o}") for o in overrides)
+
+
+def _check_workdir(workdir: Path, settings: dict) -> None:
+  """A workdir holds one (mode, overrides) setting: resuming it under another would mix two settings in one record."""
+  f = workdir / "reproduce_settings.json"
+  if f.exists() and json.loads(f.read_text()) != settings:
+    raise ValueError(f"{workdir} holds a reproduction run with other settings ({f.read_text().strip()}); use another "
+                     "--workdir, or delete it to start afresh")
+  workdir.mkdir(parents=True, exist_ok=True)
+  f.write_text(json.dumps(settings))
 
 
 def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", record: bool = False,
@@ -96,20 +111,38 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
   """Train reproduction `name` (an experiment name or file), judge its metric and write reproduction.json/png.
 
   mode: "full" (the paper's setting), "quick" (the shortened run CI judges against quick_target) or "smoke"
-  (seconds; not judged). record: also write results/NAME.json and regenerate RESULTS.md (full runs only)."""
+  (seconds; not judged). record: also write results/NAME.json and regenerate RESULTS.md (full runs of the repo's
+  own experiments/NAME.py only). The default workdir is runs/reproduce/NAME (-quick, -smoke); a workdir is
+  resumed only under the same mode and overrides."""
+  from jaxformer.parallel import is_main_process
   from jaxformer.train.loop import train
 
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if record and mode != "full":
+    raise ValueError("only full runs are recorded in results/ (a --quick or --smoke run is not the paper's setting)")
   path = resolve_experiment(name)
   name = path.stem
+  if record and path.resolve() != (EXPERIMENTS_DIR / f"{name}.py").resolve():
+    raise ValueError(f"only the repository's own experiments/{name}.py is recorded, not {path}")
   overrides = [o.removeprefix("--").removeprefix("config.") for o in overrides]
+  if any(o.startswith("reproduce.") for o in overrides):
+    raise ValueError("the reproduce section (paper, published number, target) cannot be overridden; edit the file")
   s = spec(load_config(path), name)
+  module = import_file(path)
+  analyze = getattr(module, "analyze", None)
+  if not s["metric"].startswith("eval.") and analyze is None:
+    raise ValueError(f"reproduce.metric={s['metric']!r} of {name} is neither an eval.* metric nor computed by an "
+                     "analyze() in the experiment file")
   preset = {"full": (), "quick": tuple(s["quick"]), "smoke": tuple(s["smoke"])}[mode]
   config = load_config(path, [*preset, *overrides])
-  workdir = Path(workdir or REPO / "runs" / "reproduce" / name)
+  workdir = Path(workdir or REPO / "runs" / "reproduce" / (name + ("" if mode == "full" else f"-{mode}")))
+  _check_workdir(workdir, {"mode": mode, "overrides": overrides})  # every process writes the same settings
+  revision = git_revision()  # the code that trains, not what the checkout holds when training ends
   results = train(config, workdir, progress=progress)
-  analyze = getattr(import_file(path), "analyze", None)
+  if record and results.get("resumed_from_step") == results["step"]:
+    raise ValueError(f"{workdir} holds a finished run: nothing was trained now, so nothing is recorded; delete the "
+                     "workdir (or pass another --workdir) to record a fresh run")
   extra = analyze(config, workdir, results) if analyze is not None else {}
   results |= extra
   value = metric_value(results, s["metric"])
@@ -120,19 +153,18 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
       "target": target, "goal": s["goal"], "passed": None if mode == "smoke" else passed(value, target, s["goal"]),
       "step": results["step"], "resumed_from_step": results.get("resumed_from_step"),  # total_s: this invocation
       "total_s": results["total_s"], "hardware": results["hardware"],
-      "versions": results["versions"], "git": git_revision(),
+      "versions": results["versions"], "git": revision,
       "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
       "command": command_line(name, mode, overrides), "overrides": [*preset, *overrides],
       "extra": extra,
   }
-  (workdir / "reproduction.json").write_text(json.dumps(record_, indent=1))
-  plot_metric(workdir, record_)
-  if record:
-    if mode != "full":
-      raise ValueError("only full runs are recorded in results/ (a --quick or --smoke run is not the paper's setting)")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record_, indent=1) + "\n")
-    write_results_table(RESULTS_DIR, RESULTS_DIR.parent / "RESULTS.md")
+  if is_main_process():  # one writer when several processes train together (asked after train() joined them)
+    (workdir / "reproduction.json").write_text(json.dumps(record_, indent=1))
+    plot_metric(workdir, record_)
+    if record:
+      RESULTS_DIR.mkdir(exist_ok=True)
+      (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record_, indent=1) + "\n")
+      write_results_table(RESULTS_DIR, RESULTS_DIR.parent / "RESULTS.md")
   return record_
 
 
@@ -152,7 +184,7 @@ def plot_metric(workdir: Path, record: dict) -> Path | None:
   fig = new_figure(figsize=(6, 4))
   ax = fig.subplots()
   ax.plot(*zip(*curves["eval"]), "o-", label=f"jaxformer, evaluation ({record['mode']} run)")
-  if curves["train"]:  # the same metric on the training batches, when logged (e.g. accuracy; grokking needs it)
+  if curves["train"]:  # the same key on the training batches, when logged (their weights may differ: H3 scores all)
     ax.plot(*zip(*curves["train"]), "-", alpha=0.6, label="jaxformer, training batches")
   ax.axhline(record["published"], color="k", ls="--", label=f"published {record['published']:g}")
   if record["target"] != record["published"]:
@@ -166,6 +198,11 @@ def plot_metric(workdir: Path, record: dict) -> Path | None:
   out = workdir / "reproduction.png"
   fig.savefig(out)
   return out
+
+
+def _revision(git: str) -> str:
+  sha, dirty, _ = git.partition("+dirty")
+  return sha[:10] + dirty
 
 
 def _time(r: dict) -> str:
@@ -189,7 +226,7 @@ def results_table(results_dir: Path) -> str:
       verdict = "yes" if r["passed"] else "**no**"
       row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {r['published']:g} | "
              f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {r['target']:g}: {verdict} | "
-             f"{r['hardware']} | {_time(r)} | `{r['command']}` | {r['git'][:10]}, {r['date']} |")
+             f"{r['hardware']} | {_time(r)} | `{r['command']}` | {_revision(r['git'])}, {r['date']} |")
     else:
       row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {s['published']:g} | not run yet "
              f"| {'≥' if s['goal'] == 'max' else '≤'} {s['target']:g} | {s['hardware']} | {s['runtime']} (estimate) | "

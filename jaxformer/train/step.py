@@ -174,7 +174,8 @@ def make_eval_step(model, model_kind: str):
     logits = forward(model, model_kind, params, batch)
     targets, weights = targets_and_weights(model_kind, batch, pad_id)
     sums = loss_sums(model_kind, logits, targets, weights, batch)
-    if model_kind not in CLASSIFIERS + REGRESSORS:  # rows whose every weighted target is the argmax (teacher forcing)
+    packed = "segment_ids" in batch or "decoder_segment_ids" in batch  # a row holds several sequences: no row metric
+    if model_kind not in CLASSIFIERS + REGRESSORS and not packed:  # rows whose every scored target is the argmax
       scored = weights.sum(-1) > 0
       wrong = ((jnp.argmax(logits, -1) != targets) & (weights > 0)).any(-1)
       sums |= {"rows_correct": jnp.sum(scored & ~wrong).astype(jnp.float32),

@@ -40,13 +40,14 @@ def test_mingpt_sort_split_is_a_partition_and_training_never_sees_test_inputs():
   assert MinGPTSort(length=5, seed=1).test.tolist() != ds.test.tolist()
 
 
-def test_mingpt_sort_boost_draws_only_inputs_with_few_distinct_digits():
-  ds = MinGPTSort(length=6, num_digits=6, seed=0)  # with 3 digits every input qualifies (as in minGPT)
-  assert all(len(set(x)) <= 3 for x in ds.train_repeats) and len(ds.train_repeats) < len(ds.train)
-  prompts = ds.train_batch(0, 2000)["inputs"][:, :6]
-  few = np.mean([len(set(x)) <= 3 for x in prompts])
-  base = len(ds.train_repeats) / len(ds.train)
-  assert abs(few - (0.5 + 0.5 * base)) < 0.04  # half the draws from the boosted pool
+def test_mingpt_sort_draws_inputs_with_few_distinct_digits_twice_as_often():
+  ds = MinGPTSort(length=6, num_digits=6, seed=0)  # with 3 digits every input has few (as in minGPT's demo)
+  few = np.array([len(set(x)) <= 3 for x in ds.train])
+  assert 0 < few.sum() < len(ds.train)
+  prompts = ds.train_batch(0, 4000)["inputs"][:, :6]
+  drawn = np.mean([len(set(x)) <= 3 for x in prompts])
+  expected = 2 * few.sum() / (len(ds.train) + few.sum())  # minGPT: P(x) proportional to 1 + few(x)
+  assert abs(drawn - expected) < 0.03
 
 
 @pytest.mark.parametrize("operation,fn", [("add", np.add), ("subtract", np.subtract), ("multiply", np.multiply)])
@@ -54,7 +55,8 @@ def test_modular_arithmetic_answers_and_split(operation, fn):
   p = 13
   ds = ModularArithmetic(p=p, operation=operation, train_fraction=0.3, seed=2)
   assert ds.kind == "lm" and ds.vocab_size == p + 2
-  assert len(ds.train) == round(0.3 * p * p) and len(ds.train) + len(ds.test) == p * p
+  assert len(ds.train) == int(0.3 * p * p) and len(ds.train) + len(ds.test) == p * p
+  assert len(ModularArithmetic(p=113).train) == 3830  # Nanda et al.'s split size
   assert not _rows_as_set(ds.train) & _rows_as_set(ds.test)
   full = ds.train_batch(0, len(ds.train))  # full batch: every training pair, every step
   assert _rows_as_set(full["inputs"][:, :2] - 1) == _rows_as_set(ds.train)

@@ -14,6 +14,7 @@ SHORT = ["--config.data.train_size=20000", "--config.data.eval_size=200", "--con
 SHORT_BLEU = 45.0  # measured 55.8 (validation, 200 sentences); README "Toy translation"
 
 
+@pytest.mark.slow  # ~100 s idle (~3 min in a busy suite): CI's budget goes to the reproduction rungs instead
 def test_toy_translation_trains_and_evaluates_with_bleu(tmp_path, capsys):
   work = tmp_path / "run"
   assert main(["train", "--config", "toy_translation", "--workdir", str(work), "--no-progress", *SHORT]) == 0
