@@ -55,8 +55,14 @@ def spec(config, name: str = "") -> dict:
 
 def reproductions() -> list[str]:
   """Names of the experiments that define a `reproduce` section."""
+  return list(_specs())
+
+
+def _specs() -> dict[str, dict]:
+  """{name: checked reproduce section} of every reproduction, each config loaded once."""
   paths = sorted(p for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
-  return [p.stem for p in paths if "reproduce" in load_config(p)]
+  configs = {p.stem: load_config(p) for p in paths}
+  return {name: spec(c, name) for name, c in configs.items() if "reproduce" in c}
 
 
 def metric_value(results: dict, path: str) -> float:
@@ -218,8 +224,7 @@ def results_table(results_dir: Path) -> str:
   """RESULTS.md: one table per family, a row per reproduction, filled from results_dir/NAME.json; a reproduction
   with no recorded run is listed as not run yet, with its hardware and estimated runtime."""
   rows: dict[str, list[str]] = {}
-  for name in reproductions():
-    s = spec(load_config(name), name)
+  for name, s in _specs().items():
     f = Path(results_dir) / f"{name}.json"
     if f.exists():
       r = json.loads(f.read_text())
