@@ -118,7 +118,7 @@ def _compare(args) -> int:
 
 
 def _reproduce(args, overrides) -> int:
-  from jaxformer.train.reproduce import reproduce, reproductions, write_results_table
+  from jaxformer.train.reproduce import reproduce, reproductions, target_text, write_results_table
 
   if args.list:
     print("\n".join(reproductions()))
@@ -130,9 +130,9 @@ def _reproduce(args, overrides) -> int:
     raise ValueError("name a reproduction (jaxformer reproduce --list shows them), or pass --table / --list")
   mode = "quick" if args.quick else "smoke" if args.smoke else "full"
   r = reproduce(args.name, args.workdir, overrides, mode=mode, record=args.record, progress=not args.no_progress)
-  verdict = {True: "reached", False: "NOT reached", None: "not judged (smoke run)"}[r["passed"]]
+  verdict = {True: " reached", False: " NOT reached", None: " (not judged)" if r["mode"] == "smoke" else ""}
   print(f"\n{r['name']} ({r['paper']}, {r['source']}): {r['metric_name']} {r['value']:.4g}; published "
-        f"{r['published']:g}; target {'>=' if r['goal'] == 'max' else '<='} {r['target']:g} {verdict}; "
+        f"{r['published']:g}; target {target_text(r['goal'], r['target'])}{verdict[r['passed']]}; "
         f"{r['total_s']:.0f} s on {r['hardware']}")
   return 0 if r["passed"] is not False else 1
 

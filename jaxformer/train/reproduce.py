@@ -9,28 +9,33 @@ A reproduction is an experiment config (experiments/NAME.py) with a `reproduce` 
                 a key that the experiment's own `analyze(config, workdir, results)` returns
   metric_name   how the tables name it ("test exact match")
   published     the paper's number; target: the threshold a run must reach; goal: "max" (reach at least the
-                target) or "min" (at most)
+                target), "min" (at most) or "report" (measured and recorded, not judged; target None)
   hardware, runtime   what the paper's setting needs here
   smoke         overrides for a seconds-long run that only checks that everything runs (never judged)
   quick, quick_target   overrides for the shortened run CI judges, and its threshold
 
-`reproduce()` trains the config (resuming as `jaxformer train` does), calls the experiment module's `analyze` when
-it has one, and writes `<workdir>/reproduction.json` (metric, published number, target, passed, time, hardware,
-versions, git revision, the command) and `<workdir>/reproduction.png` (the metric's curve against the published
+`reproduce()` trains the config (resuming as `jaxformer train` does); when the experiment module defines `VARIANTS`
+({label: {"overrides": [...], ...}}, e.g. the rows of an ablation table), it also trains the config once per variant
+(`train_variants`). It calls the module's `analyze(config, workdir, results[, variants])` when there is one, and
+writes `<workdir>/reproduction.json` (metric, published number, target, passed, time, hardware, versions, git
+revision, the command) and `<workdir>/reproduction.png` (the metric's curve against the published
 number). With `record=True` the JSON is also copied to results/NAME.json, and `results_table()` turns the folder
 into RESULTS.md: the tables are generated from the JSON files, never typed.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
 import math
+import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
-from jaxformer.config import EXPERIMENTS_DIR, ConfigError, import_file, load_config, resolve_experiment
+from jaxformer.config import EXPERIMENTS_DIR, ConfigError, apply_override, import_file, load_config, resolve_experiment
 
 log = logging.getLogger("jaxformer.reproduce")
 REPO = EXPERIMENTS_DIR.parent
@@ -38,6 +43,7 @@ RESULTS_DIR = REPO / "results"
 SPEC_KEYS = ("family", "paper", "source", "metric", "metric_name", "published", "target", "goal", "hardware",
              "runtime", "smoke", "quick", "quick_target")
 MODES = ("full", "quick", "smoke")
+GOALS = ("max", "min", "report")
 
 
 def spec(config, name: str = "") -> dict:
@@ -47,9 +53,11 @@ def spec(config, name: str = "") -> dict:
                       f"reproductions: {reproductions()}")
   s = config.reproduce.to_dict()
   missing = [k for k in SPEC_KEYS if k not in s]
-  if missing or s["goal"] not in ("max", "min"):
-    raise ConfigError(f"the reproduce section of {name!r} needs {list(SPEC_KEYS)} with goal 'max' or 'min'; "
-                      f"missing: {missing}, goal: {s.get('goal')!r}")
+  judged = s.get("goal") in ("max", "min")
+  if missing or s.get("goal") not in GOALS or judged != isinstance(s.get("target"), int | float):
+    raise ConfigError(f"the reproduce section of {name!r} needs {list(SPEC_KEYS)} with goal 'max' or 'min' and a "
+                      f"numeric target, or goal 'report' and target None; missing: {missing}, goal: "
+                      f"{s.get('goal')!r}, target: {s.get('target')!r}")
   return s
 
 
@@ -78,8 +86,15 @@ def metric_value(results: dict, path: str) -> float:
   return float(node)
 
 
-def passed(value: float, target: float, goal: str) -> bool:
+def passed(value: float, target: float | None, goal: str) -> bool | None:
+  """Whether `value` meets `target`; None for goal "report" (nothing is expected of it)."""
+  if goal == "report":
+    return None
   return math.isfinite(value) and (value >= target if goal == "max" else value <= target)
+
+
+def target_text(goal: str, target: float | None) -> str:
+  return "none (reported)" if goal == "report" else f"{'≥' if goal == 'max' else '≤'} {target:g}"
 
 
 def git_revision() -> str:
@@ -110,6 +125,39 @@ def _check_workdir(workdir: Path, settings: dict) -> None:
                      "--workdir, or delete it to start afresh")
   workdir.mkdir(parents=True, exist_ok=True)
   f.write_text(json.dumps(settings))
+
+
+def _slug(label: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+def train_variants(config, workdir: Path, variants: dict, *, progress: bool = False) -> tuple[dict, int]:
+  """Train `config` once per variant (label -> {"overrides": [...]}) in workdir/variants/<label>: the rows of an
+  ablation table. A variant finished under the same settings is read back from its results.json, not retrained, so
+  an interrupted table continues where it stopped. The run's data caches (workdir/tfds, workdir/vocab, keyed by
+  their settings) are linked into each variant's workdir, so the corpus and vocabulary are made once. Returns
+  ({label: results}, how many variants were trained now)."""
+  from jaxformer.train.loop import train
+
+  out, trained = {}, 0
+  for label, variant in variants.items():
+    c = copy.deepcopy(config)
+    for item in variant["overrides"]:
+      apply_override(c, item)
+    vdir = Path(workdir) / "variants" / _slug(label)
+    _check_workdir(vdir, {"variant": label, "config": json.loads(c.to_json_best_effort())})
+    done = vdir / "results.json"
+    if done.is_file() and json.loads(done.read_text())["step"] == c.train.steps:
+      log.info("variant %s: finished before, read back from %s", label, done)
+      out[label] = json.loads(done.read_text())
+      continue
+    for cache in ("tfds", "vocab"):
+      if (Path(workdir) / cache).is_dir() and not (vdir / cache).exists():
+        (vdir / cache).symlink_to((Path(workdir) / cache).resolve(), target_is_directory=True)
+    log.info("variant %s (%d of %d): %s", label, len(out) + 1, len(variants), " ".join(variant["overrides"]))
+    out[label] = train(c, vdir, progress=progress)
+    trained += 1
+  return out, trained
 
 
 def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", record: bool = False,
@@ -145,11 +193,19 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
   workdir = Path(workdir or REPO / "runs" / "reproduce" / (name + ("" if mode == "full" else f"-{mode}")))
   _check_workdir(workdir, {"mode": mode, "overrides": overrides})  # every process writes the same settings
   revision = git_revision()  # the code that trains, not what the checkout holds when training ends
+  start = time.time()
   results = train(config, workdir, progress=progress)
-  if record and results.get("resumed_from_step") == results["step"]:
+  variants = getattr(module, "VARIANTS", None)
+  if variants is not None:
+    variant_results, trained = train_variants(config, workdir, variants, progress=progress)
+  if record and results.get("resumed_from_step") == results["step"] and not (variants and trained):
     raise ValueError(f"{workdir} holds a finished run: nothing was trained now, so nothing is recorded; delete the "
                      "workdir (or pass another --workdir) to record a fresh run")
-  extra = analyze(config, workdir, results) if analyze is not None else {}
+  if analyze is None:
+    extra = {}
+  else:
+    extra = analyze(config, workdir, results) if variants is None else analyze(config, workdir, results,
+                                                                                variant_results)
   results |= extra
   value = metric_value(results, s["metric"])
   target = s["quick_target"] if mode == "quick" else s["target"]
@@ -158,12 +214,14 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
       "metric": s["metric"], "metric_name": s["metric_name"], "value": value, "published": s["published"],
       "target": target, "goal": s["goal"], "passed": None if mode == "smoke" else passed(value, target, s["goal"]),
       "step": results["step"], "resumed_from_step": results.get("resumed_from_step"),  # total_s: this invocation
-      "total_s": results["total_s"], "hardware": results["hardware"],
+      "total_s": round(time.time() - start, 2), "hardware": results["hardware"],
       "versions": results["versions"], "git": revision,
       "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
       "command": command_line(name, mode, overrides), "overrides": [*preset, *overrides],
       "extra": extra,
   }
+  if variants is not None:  # reused variants were trained by an earlier invocation: the time is not the whole table's
+    record_ |= {"variants": len(variants), "variants_trained": trained}
   if is_main_process():  # one writer when several processes train together (asked after train() joined them)
     (workdir / "reproduction.json").write_text(json.dumps(record_, indent=1))
     plot_metric(workdir, record_)
@@ -193,7 +251,7 @@ def plot_metric(workdir: Path, record: dict) -> Path | None:
   if curves["train"]:  # the same key on the training batches, when logged (their weights may differ: H3 scores all)
     ax.plot(*zip(*curves["train"]), "-", alpha=0.6, label="jaxformer, training batches")
   ax.axhline(record["published"], color="k", ls="--", label=f"published {record['published']:g}")
-  if record["target"] != record["published"]:
+  if record["target"] not in (None, record["published"]):
     ax.axhline(record["target"], color="r", ls=":", label=f"target {record['target']:g}")
   ax.set_xlabel("step")
   ax.set_ylabel(record["metric_name"])
@@ -212,8 +270,19 @@ def _revision(git: str) -> str:
 
 
 def _time(r: dict) -> str:
-  resumed = r.get("resumed_from_step")
-  return f"{r['total_s'] / 60:.1f} min" + (f" (from step {resumed} to {r['step']}, resumed)" if resumed else "")
+  resumed, notes = r.get("resumed_from_step"), []
+  if resumed:
+    notes.append(f"from step {resumed} to {r['step']}, resumed")
+  if r.get("variants_trained", r.get("variants")) != r.get("variants"):
+    notes.append(f"{r['variants_trained']} of {r['variants']} variants trained in this time")
+  return f"{r['total_s'] / 60:.1f} min" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _markdown_table(name: str, table: dict) -> list[str]:
+  """An analysis's own table (`extra["table"]`: columns, rows, an optional note), e.g. an ablation's rows."""
+  return [f"### {name}", "", "| " + " | ".join(table["columns"]) + " |", "|---" * len(table["columns"]) + "|",
+          *("| " + " | ".join(map(str, row)) + " |" for row in table["rows"]), "",
+          *([table["note"], ""] if table.get("note") else [])]
 
 
 def _fmt(x) -> str:
@@ -224,26 +293,29 @@ def results_table(results_dir: Path) -> str:
   """RESULTS.md: one table per family, a row per reproduction, filled from results_dir/NAME.json; a reproduction
   with no recorded run is listed as not run yet, with its hardware and estimated runtime."""
   rows: dict[str, list[str]] = {}
+  details: dict[str, list[str]] = {}
   for name, s in _specs().items():
     f = Path(results_dir) / f"{name}.json"
     if f.exists():
       r = json.loads(f.read_text())
-      verdict = "yes" if r["passed"] else "**no**"
+      verdict = {True: ": yes", False: ": **no**", None: ""}[r["passed"]]
       row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {r['published']:g} | "
-             f"{_fmt(r['value'])} | {'≥' if r['goal'] == 'max' else '≤'} {r['target']:g}: {verdict} | "
+             f"{_fmt(r['value'])} | {target_text(r['goal'], r['target'])}{verdict} | "
              f"{r['hardware']} | {_time(r)} | `{r['command']}` | {_revision(r['git'])}, {r['date']} |")
     else:
       row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {s['published']:g} | not run yet "
-             f"| {'≥' if s['goal'] == 'max' else '≤'} {s['target']:g} | {s['hardware']} | {s['runtime']} (estimate) | "
+             f"| {target_text(s['goal'], s['target'])} | {s['hardware']} | {s['runtime']} (estimate) | "
              f"`jaxformer reproduce {name}` | |")
     rows.setdefault(s["family"], []).append(row)
+    if f.exists() and "table" in r.get("extra", {}):
+      details.setdefault(s["family"], []).extend(_markdown_table(name, r["extra"]["table"]))
   out = ["# Results", "",
          "Generated by `jaxformer reproduce --table` from results/*.json (written by `jaxformer reproduce NAME "
          "--record`); do not edit by hand. Each row is one run of the command shown, on the hardware shown.", ""]
   for family, lines in rows.items():
     out += [f"## {family}", "",
             "| reproduction | paper | metric | published | jaxformer | target: met | hardware | time | command "
-            "| revision, date |", "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
+            "| revision, date |", "|---|---|---|---|---|---|---|---|---|---|", *lines, "", *details.get(family, [])]
   return "\n".join(out)
 
 

@@ -66,7 +66,7 @@ def test_results_md_is_generated_from_the_recorded_results():
   assert (rp.REPO / "RESULTS.md").read_text() == rp.results_table(rp.RESULTS_DIR)
   for f in rp.RESULTS_DIR.glob("*.json"):
     r = json.loads(f.read_text())
-    assert r["mode"] == "full" and r["name"] == f.stem and r["passed"] is not None
+    assert r["mode"] == "full" and r["name"] == f.stem and (r["passed"] is None) == (r["goal"] == "report")
 
 
 def test_results_table_rows(tmp_path):
@@ -81,6 +81,67 @@ def test_results_table_rows(tmp_path):
   assert "| ≥ 1: yes | hw | 1.5 min (from step 12000 to 20000, resumed) |" in table
   assert "| h3_associative_recall |" in table and "not run yet" in table
   assert table.index("## synthetic tasks") < table.index("| mingpt_sort |")
+
+
+ABLATION = """
+from jaxformer.config import load_config
+
+VARIANTS = {"wide": {"overrides": ["model.d_model=60"]}, "5 steps": {"overrides": ["train.steps=5"]}}
+
+
+def get_config():
+  c = load_config("mingpt_sort", ["train.steps=10", "train.eval_every=0", "train.eval_batch_size=64"])
+  c.reproduce.update(dict(metric="gap", goal="report", target=None))
+  return c
+
+
+def analyze(config, workdir, results, variants):
+  gap = variants["5 steps"]["eval"]["nll"] - results["eval"]["nll"]
+  return {"gap": gap, "table": {"columns": ["variant", "nll"], "rows": [[k, v["eval"]["nll"]] for k, v in
+                                                                           variants.items()]}}
+"""
+
+
+def test_variants_train_once_each_share_nothing_but_caches_and_are_reported_not_judged(tmp_path, capsys):
+  """An ablation (experiments/aiayn_table3_toy.py's machinery, on a seconds-long stand-in): each variant is the
+  config with its overrides, trained in its own workdir; a rerun reads finished variants back; goal "report" is
+  recorded with passed None and exit status 0."""
+  exp = tmp_path / "ablation.py"
+  exp.write_text(ABLATION)
+  work = tmp_path / "run"
+  assert main(["reproduce", str(exp), "--workdir", str(work), "--no-progress"]) == 0
+  assert "target none (reported);" in capsys.readouterr().out
+  r = json.loads((work / "reproduction.json").read_text())
+  assert r["passed"] is None and r["variants"] == 2 and r["variants_trained"] == 2 and r["step"] == 10
+  wide = json.loads((work / "variants" / "wide" / "results.json").read_text())
+  short = json.loads((work / "variants" / "5_steps" / "results.json").read_text())
+  base = json.loads((work / "results.json").read_text())
+  assert wide["num_params"] > base["num_params"] == short["num_params"] and wide["step"] == 10 and short["step"] == 5
+  assert r["value"] == pytest.approx(short["eval"]["nll"] - base["eval"]["nll"]) and r["value"] > 0  # fewer steps
+  assert r["extra"]["table"]["rows"] == [["wide", wide["eval"]["nll"]], ["5 steps", short["eval"]["nll"]]]
+  mtime = (work / "variants" / "wide" / "results.json").stat().st_mtime
+  again = rp.reproduce(str(exp), work)  # the base resumes at its end, the variants are read back
+  assert again["variants_trained"] == 0 and again["value"] == pytest.approx(r["value"])
+  assert (work / "variants" / "wide" / "results.json").stat().st_mtime == mtime
+  with pytest.raises(ValueError, match="other settings"):  # a variant's workdir refuses another config
+    rp.train_variants(load_config(str(exp), ["train.steps=11"]), work, {"wide": {"overrides": ["model.d_model=60"]}})
+
+
+def test_results_table_shows_reported_rows_and_their_tables(tmp_path):
+  record = dict(name="aiayn_table3_toy", mode="full", paper="P", source="S", metric_name="m", published=1.0,
+                value=0.5, target=None, goal="report", passed=None, hardware="hw", total_s=600.0, command="cmd",
+                git="abcdef0123456+dirty", date="2026-01-01", variants=3, variants_trained=2,
+                extra={"table": {"columns": ["a", "b"], "rows": [["x", 1.5]], "note": "A note."}})
+  (tmp_path / "aiayn_table3_toy.json").write_text(json.dumps(record))
+  table = rp.results_table(tmp_path)
+  assert ("| aiayn_table3_toy | P, S | m | 1 | 0.5 | none (reported) | hw | 10.0 min (2 of 3 variants trained in "
+          "this time) | `cmd` | abcdef0123+dirty, 2026-01-01 |") in table
+  assert "### aiayn_table3_toy\n\n| a | b |\n|---|---|\n| x | 1.5 |\n\nA note.\n" in table
+  config = load_config("mingpt_sort")
+  with config.unlocked():
+    config.reproduce.goal = "report"
+  with pytest.raises(ConfigError, match="target None"):  # a reported metric has no target
+    rp.spec(config, "mingpt_sort")
 
 
 def test_reproduce_rejects_what_is_not_a_reproduction(tmp_path, capsys):
