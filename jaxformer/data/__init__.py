@@ -27,6 +27,7 @@ from jaxformer.data.text import (
 from jaxformer.data.tokenizers import (
   ByteTokenizer,
   CharTokenizer,
+  GPT2Tokenizer,
   SentencePieceTokenizer,
   WordTokenizer,
   load_tokenizer,
@@ -41,8 +42,10 @@ DEFAULTS = {
                         spm_max_chars=10_000_000, max_len=256, batching="bucket", tokens_per_batch=25_000,
                         bucket_boundaries=(8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), bucket_window=50_000,
                         batch_multiple=1),
+    # tokenizer "sentencepiece" (trained, vocab_size), "byte" or "gpt2" (GPT-2's BPE from tokenizer_path: a
+    # tokenizer.json or a Hugging Face Hub name); packing "documents" (whole documents per row) or "stream" (nanoGPT)
     "lm": dict(_TFDS, text_key="text", tokenizer="sentencepiece", vocab_size=32000, spm_max_chars=10_000_000,
-               seq_len=256),
+               seq_len=256, tokenizer_path="gpt2", packing="documents"),
     "classification": dict(_TFDS, text_key="text", label_key="label", num_classes=2, tokenizer="byte",
                            vocab_size=32000, spm_max_chars=10_000_000, max_len=512),
     # path: a local copy of the same corpus, read instead of TFDS and split 90/10 as nanoGPT (offline runs)
@@ -131,7 +134,7 @@ __all__ = ["build_dataset", "resolve", "DEFAULTS", "PRESETS", "CharLMData", "Pac
            "TranslationData", "Seq2SeqTask", "MQAR", "AssociativeRecall", "ListOps", "MinGPTSort", "ModularArithmetic",
            "LinearRegressionTask", "PixelData", "PathfinderData",
            "RetrievalData", "CharTokenizer", "ByteTokenizer",
-           "WordTokenizer", "SentencePieceTokenizer",
+           "WordTokenizer", "SentencePieceTokenizer", "GPT2Tokenizer",
            "stdlib_corpus", "text_file_corpus", "load_tokenizer", "save_tokenizer", "DatasetMissingError", "prepare",
            "tfds_source", "examples", "PackedBatches", "BucketedBatches", "PaddedBatches", "StepBatches",
            "train_batches"]

@@ -7,6 +7,7 @@
       -> `PackedBatches`   rows filled with whole examples, `<f>_segment_ids` / `<f>_positions` per feature
          `BucketedBatches` examples of similar length together, about `tokens_per_batch` tokens per batch
          `StepBatches`     for generated tasks whose batch is a pure function of (seed, step)
+         `StreamBatches`   the examples' tokens as one stream cut into full rows (nanoGPT's LM rows)
 
 Every batch iterator has `get_state()` -> a small JSON-able dict and `set_state(state)`; an iterator
 restored from a state yields exactly the batches the original would have yielded next. The state is
@@ -255,6 +256,45 @@ class StepBatches(_Resumable):
     batch = self.make_batch(self.step, self.batch_size)
     self.step += 1
     return batch
+
+
+class StreamBatches(_Resumable):
+  """nanoGPT's LM rows: the examples' "targets" tokens as one stream, cut into rows of `seq_len` + 1 tokens where
+  each row starts on the last token of the one before, so every token but the first is a target once:
+  inputs = row[:-1], targets = row[1:]. No padding; a finite stream ends with fewer rows (the tokens left over
+  after the last full row are dropped). The state is where the next batch starts: example `index`, token `offset`.
+  """
+  STATE = ("index", "offset")
+
+  def __init__(self, examples, batch_size: int, seq_len: int):
+    self.examples, self.batch_size, self.seq_len = _ReadAhead(examples), batch_size, seq_len
+    self.index = self.offset = 0
+
+  def _take(self, n: int) -> list[np.ndarray]:
+    """Up to n tokens from the current position on, moving past them."""
+    out = []
+    while n > 0 and self.index < len(self.examples):
+      tokens = self.examples[self.index]["targets"]
+      piece = tokens[self.offset:self.offset + n]
+      out.append(piece)
+      n -= len(piece)
+      self.offset += len(piece)
+      if self.offset >= len(tokens):
+        self.index, self.offset = self.index + 1, 0
+    return out
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    L = self.seq_len
+    parts = self._take(self.batch_size * L)
+    start_of_next = self.get_state()
+    parts += self._take(1)  # the last target, which is the next batch's first input
+    self.set_state(start_of_next)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    rows = (len(tokens) - 1) // L
+    if rows < 1:
+      raise StopIteration
+    windows = np.lib.stride_tricks.sliding_window_view(tokens[:rows * L + 1], L + 1)[::L]  # [rows, L + 1]
+    return {"inputs": np.ascontiguousarray(windows[:, :-1]), "targets": np.ascontiguousarray(windows[:, 1:])}
 
 
 def train_batches(ds, batch_size: int):

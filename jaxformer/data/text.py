@@ -2,8 +2,9 @@
 
 CharLMData       a character corpus as one token array, random windows; batches are a pure function
                  of (seed, step) (nanoGPT's setup; tiny_shakespeare, stdlib sources, any text file)
-PackedLMData     a TFDS dataset of documents/sentences (lm1b, any text dataset), SentencePiece or bytes,
-                 packed into rows with segment ids and positions
+PackedLMData     a TFDS dataset of documents/sentences (lm1b, OpenWebText, any text dataset), SentencePiece, bytes
+                 or GPT-2's BPE, packed into rows of whole documents with segment ids and positions, or streamed
+                 into full rows as nanoGPT (data.packing="stream")
 TextClassificationData   a TFDS dataset of (text, label) (imdb_reviews byte-level, as Long Range Arena)
 """
 from __future__ import annotations
@@ -16,9 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxformer.data.pipeline import MappedBatches, PackedBatches, PaddedBatches, examples, shift_right
+from jaxformer.data.pipeline import MappedBatches, PackedBatches, PaddedBatches, StreamBatches, examples, shift_right
 from jaxformer.data.sources import as_text, tfds_source
-from jaxformer.data.tokenizers import BOS, EOS, PAD, ByteTokenizer, CharTokenizer, sentencepiece_tokenizer
+from jaxformer.data.tokenizers import (
+  BOS,
+  EOS,
+  PAD,
+  ByteTokenizer,
+  CharTokenizer,
+  GPT2Tokenizer,
+  sentencepiece_tokenizer,
+)
 
 log = logging.getLogger("jaxformer.data")
 
@@ -135,7 +144,12 @@ class TfdsTextData:
     if d.tokenizer == "sentencepiece":
       return self.sentencepiece(cache_dir, lambda: (as_text(ex[d.text_key]) for ex in examples(
           self.train_source, seed=self.seed, num_epochs=1, shard=(0, 1))))
-    raise ValueError(f"data.tokenizer must be 'sentencepiece' or 'byte', got {d.tokenizer!r}")
+    if d.tokenizer == "gpt2":
+      if self.kind != "lm":  # these rows are padded with id 0, a real GPT-2 token
+        raise ValueError(f"data.tokenizer='gpt2' is for language modelling (GPT-2 has no padding id); for "
+                         f"{d.name!r} use 'byte' or 'sentencepiece'")
+      return GPT2Tokenizer.load(d.tokenizer_path)
+    raise ValueError(f"data.tokenizer must be 'sentencepiece', 'byte' or 'gpt2', got {d.tokenizer!r}")
 
   @property
   def vocab_size(self) -> int:
@@ -153,12 +167,18 @@ class TfdsTextData:
 
 
 class PackedLMData(TfdsTextData):
-  """Next-token prediction over the documents of a TFDS text dataset, packed: each row holds whole
-  documents (each ending with EOS; longer ones are cut) with their own positions and segment ids,
-  so no token attends to another document."""
+  """Next-token prediction over the documents of a TFDS text dataset, each ending with EOS.
+
+  data.packing="documents": each row holds whole documents (longer ones are cut) with their own positions and
+  segment ids, so no token attends to another document; the rest of a row is padding, weight 0.
+  data.packing="stream": nanoGPT's rows (`StreamBatches`): the documents one after another, cut into full rows; no
+  padding, nothing cut, and a token sees the end of the previous document (after its EOS), as in nanoGPT."""
   kind = "lm"
+  PACKINGS = ("documents", "stream")
 
   def __init__(self, data, seed: int = 0, cache_dir=None, source_fn=None, tokenizer=None):
+    if data.packing not in self.PACKINGS:
+      raise ValueError(f"data.packing must be one of {self.PACKINGS}, got {data.packing!r}")
     super().__init__(data, seed, cache_dir, source_fn, tokenizer)
     self.seq_len = data.seq_len
 
@@ -168,10 +188,13 @@ class PackedLMData(TfdsTextData):
 
   def to_model_batch(self, batch: dict) -> dict[str, np.ndarray]:
     seg = batch["targets_segment_ids"]
+    # weights from the segment ids, not from target id 0: GPT-2's id 0 is a real token
     return {"inputs": shift_right(batch["targets"], seg, self.tokenizer.bos_id), "targets": batch["targets"],
-            "segment_ids": seg, "positions": batch["targets_positions"]}
+            "segment_ids": seg, "positions": batch["targets_positions"], "weights": (seg > 0).astype(np.float32)}
 
   def _batches(self, exs, batch_size: int):
+    if self.data.packing == "stream":
+      return StreamBatches(exs, batch_size, self.seq_len)
     return MappedBatches(PackedBatches(exs, batch_size, {"targets": self.seq_len}, keep_last=True),
                          self.to_model_batch)
 

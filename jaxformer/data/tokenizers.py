@@ -1,12 +1,14 @@
 """Tokenizers with one small interface: encode, decode, vocab_size, pad_id / bos_id / eos_id
 (None when the tokenizer has no such token), to_dict, and save/load through `tokenizer_from_dict`.
 
-Id 0 is always padding, so models can mask it (`TransformerConfig.pad_id = 0`).
+Id 0 is padding, so models can mask it (`TransformerConfig.pad_id = 0`), in every tokenizer but GPT-2's, whose
+id 0 is a real token ("!") and which has no padding (see `GPT2Tokenizer`).
 
   CharTokenizer          one id per character of a fixed alphabet
   WordTokenizer          one id per whitespace-separated word of a fixed list (symbolic tasks)
   ByteTokenizer          UTF-8 bytes (Long Range Arena's byte-level text tasks)
   SentencePieceTokenizer subwords (BPE or unigram) trained on the dataset; see `sentencepiece_tokenizer`
+  GPT2Tokenizer          GPT-2's byte-level BPE (50257 ids), read from a tokenizer.json or the Hugging Face Hub
 """
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ from pathlib import Path
 
 import jax
 
+from jaxformer.hub.tokenizer import HFTokenizer
 from jaxformer.parallel.distributed import sync
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+EOT = "<|endoftext|>"  # GPT-2's one special token
 log = logging.getLogger("jaxformer.data")
 
 
@@ -177,6 +181,51 @@ class SentencePieceTokenizer:
     return {"kind": self.kind, "model": base64.b64encode(self.model_proto).decode("ascii")}
 
 
+class GPT2Tokenizer(HFTokenizer):
+  """GPT-2's byte-level BPE (Radford et al. 2019): 50257 ids, the last, 50256, being `<|endoftext|>`.
+
+  `<|endoftext|>` is EOS, BOS and document separator at once, as in nanoGPT's data/openwebtext/prepare.py (which
+  appends it after every document). GPT-2 has no padding token and its id 0 is "!", so LM rows built with it must
+  not be padded with 0 (PackedLMData: `data.packing="stream"`, nanoGPT's rows, or segment-id weights) and the
+  model's pad_id must be None; `pad_id` here is `<|endoftext|>` only for callers that need some id to left-pad
+  prompts with (generation masks it), as transformers does for GPT-2. The text "<|endoftext|>" inside a document is
+  encoded as ordinary text, as tiktoken's `encode_ordinary` in nanoGPT: only the appended EOS is id 50256.
+  """
+  kind = "gpt2"
+
+  def __init__(self, tokenizer):
+    eot = tokenizer.token_to_id(EOT)
+    if eot is None:
+      raise ValueError(f"this tokenizer.json has no {EOT} token; data.tokenizer='gpt2' needs GPT-2's vocabulary "
+                       "(data.tokenizer_path='gpt2') or another byte-level BPE that has it")
+    tokenizer.encode_special_tokens = True  # not saved in tokenizer.json: set on every load
+    super().__init__(tokenizer, bos_id=eot, eos_id=eot, pad_id=eot)
+
+  @classmethod
+  def load(cls, path: str = "gpt2") -> GPT2Tokenizer:
+    """From a local tokenizer.json (the file, or a directory holding it), else from the Hugging Face Hub repo of that
+    name ("gpt2": OpenAI's; downloaded once into the HF cache, needs network)."""
+    from tokenizers import Tokenizer
+
+    local = Path(path).expanduser()
+    file = local / "tokenizer.json" if local.is_dir() else local
+    if file.is_file():
+      return cls(Tokenizer.from_file(str(file)))
+    if local.is_absolute() or path.startswith((".", "~")) or path.endswith(".json"):
+      raise FileNotFoundError(f"data.tokenizer_path={path!r}: no tokenizer.json there; pass a tokenizer.json file, a "
+                              "directory holding one, or a Hugging Face Hub name such as 'gpt2' (downloads)")
+    log.info("loading the tokenizer %r from the Hugging Face Hub", path)
+    try:
+      return cls(Tokenizer.from_pretrained(path))
+    except Exception as e:  # tokenizers raises plain Exceptions for network and missing-repo errors
+      raise OSError(f"data.tokenizer_path={path!r} is no local file or directory, and loading it from the Hugging "
+                    f"Face Hub failed ({e}); offline, save it where there is network with `tokenizers.Tokenizer."
+                    f"from_pretrained({path!r}).save('tokenizer.json')` and pass that file") from e
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "tokenizer": self.tokenizer.to_str()}
+
+
 def train_sentencepiece(texts, vocab_size: int, *, model_type: str = "bpe", max_chars: int = 10_000_000,
                         character_coverage: float = 1.0) -> SentencePieceTokenizer:
   """Train SentencePiece on an iterable of strings (the first `max_chars` characters of it).
@@ -245,6 +294,9 @@ def tokenizer_from_dict(d: dict):
     return WordTokenizer(tuple(d["words"]), tuple(d["specials"]), tuple(d.get("ignore", ())))
   if d["kind"] == "sentencepiece":
     return SentencePieceTokenizer(base64.b64decode(d["model"]))
+  if d["kind"] == "gpt2":
+    from tokenizers import Tokenizer
+    return GPT2Tokenizer(Tokenizer.from_str(d["tokenizer"]))
   raise ValueError(f"unknown tokenizer kind {d['kind']!r}")
 
 
