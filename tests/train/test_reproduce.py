@@ -144,6 +144,30 @@ def test_results_table_shows_reported_rows_and_their_tables(tmp_path):
     rp.spec(config, "mingpt_sort")
 
 
+def test_table3_directions_count_the_papers_changes():
+  """experiments/aiayn_table3_toy.py's analysis: fed the paper's own numbers it reproduces every direction the paper
+  reports; fed their mirror image around the base, none."""
+  from jaxformer.config import EXPERIMENTS_DIR, import_file
+
+  t3 = import_file(EXPERIMENTS_DIR / "aiayn_table3_toy.py")
+  (ppl, bleu), n = t3.PAPER_BASE, 1_000_000
+
+  def run(p, b):
+    return {"eval": {"perplexity": p}, "bleu": b, "num_params": n}
+
+  same = {k: run(*(v["paper"] or t3.PAPER_BASE)) for k, v in t3.VARIANTS.items()}
+  mirror = {k: run(*(2 * x - y for x, y in zip(t3.PAPER_BASE, v["paper"] or t3.PAPER_BASE)))
+            for k, v in t3.VARIANTS.items()}
+  out = t3.analyze(None, None, run(ppl, bleu), same)
+  counted = sum(abs(v["paper"][i] - t3.PAPER_BASE[i]) >= tie for v in t3.VARIANTS.values() if v["paper"]
+                for i, tie in enumerate(t3.TIES.values()))
+  assert out["directions_reproduced"] == 1.0 and out["directions_counted"] == counted > 10
+  assert t3.analyze(None, None, run(ppl, bleu), mirror)["directions_reproduced"] == 0.0
+  rows = {r[1]: r for r in out["table"]["rows"]}
+  assert rows["h=1"][3:9] == ["5.29", "24.9", "5.290", "24.9", "+ / + ✓", "- / - ✓"]
+  assert rows["base, seed 1"][7:9] == ["+0.000", "+0.0"] and len(rows) == len(t3.VARIANTS) + 1
+
+
 def test_reproduce_rejects_what_is_not_a_reproduction(tmp_path, capsys):
   assert set(rp.reproductions()) >= {"mingpt_sort", "h3_associative_recall"} and "char_lm" not in rp.reproductions()
   with pytest.raises(ConfigError, match="not a reproduction.*mingpt_sort"):
