@@ -37,7 +37,8 @@ replacement, where this reads the documents shuffled anew each epoch, each token
 LayerNorms have no bias (here they do); its residual projections start at std 0.02 / sqrt(2 n_layer). The tokens
 are the same: HF `tokenizers` with GPT-2's tokenizer.json where nanoGPT uses tiktoken, "<|endoftext|>" written
 inside a document being plain text in both.
-Hardware/time: one 8-GPU node, days (not run here); smoke variant (a tiny model, seconds of training): --smoke.
+Hardware/time: one 8-GPU node, days (not run here); smoke variant (a tiny model, seconds of training): --smoke, which
+still reads the prepared dataset and the tokenizer (the tests run it on a small stand-in written to a temp folder).
 """
 import ml_collections
 from _common import base_config

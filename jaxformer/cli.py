@@ -118,7 +118,7 @@ def _compare(args) -> int:
 
 
 def _reproduce(args, overrides) -> int:
-  from jaxformer.train.reproduce import reproduce, reproductions, target_text, write_results_table
+  from jaxformer.train.reproduce import published_text, reproduce, reproductions, target_text, write_results_table
 
   if args.list:
     print("\n".join(reproductions()))
@@ -132,7 +132,7 @@ def _reproduce(args, overrides) -> int:
   r = reproduce(args.name, args.workdir, overrides, mode=mode, record=args.record, progress=not args.no_progress)
   verdict = {True: " reached", False: " NOT reached", None: " (not judged)" if r["mode"] == "smoke" else ""}
   print(f"\n{r['name']} ({r['paper']}, {r['source']}): {r['metric_name']} {r['value']:.4g}; published "
-        f"{r['published']:g}; target {target_text(r['goal'], r['target'])}{verdict[r['passed']]}; "
+        f"{published_text(r['published'])}; target {target_text(r['goal'], r['target'])}{verdict[r['passed']]}; "
         f"{r['total_s']:.0f} s on {r['hardware']}")
   return 0 if r["passed"] is not False else 1
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
   cm.add_argument("--out", default="runs/compare", help="output directory (runs, results.md, comparison.png)")
   cm.add_argument("--report", default=None, help="where results.md/.json and comparison.png go (default: --out)")
   cm.add_argument("--smoke", action="store_true", help="the suite's tiny budget (a check that everything runs)")
-  rp = sub.add_parser("reproduce", help="run a paper reproduction and check it against its published number",
+  rp = sub.add_parser("reproduce", help="run a paper reproduction, judged against its target (or reported)",
                       epilog="Any --config.KEY=VALUE overrides a config value. Exit status 1: the target was missed.")
   rp.add_argument("name", nargs="?", help="the reproduction (an experiment with a reproduce section)")
   rp.add_argument("--workdir", default=None, help="run directory (default: runs/reproduce/NAME)")

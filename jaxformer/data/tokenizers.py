@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 
+from jaxformer.hub.io import _looks_like_path
 from jaxformer.hub.tokenizer import HFTokenizer
 from jaxformer.parallel.distributed import sync
 
@@ -211,7 +212,7 @@ class GPT2Tokenizer(HFTokenizer):
     file = local / "tokenizer.json" if local.is_dir() else local
     if file.is_file():
       return cls(Tokenizer.from_file(str(file)))
-    if local.is_absolute() or path.startswith((".", "~")) or path.endswith(".json"):
+    if local.exists() or _looks_like_path(path):
       raise FileNotFoundError(f"data.tokenizer_path={path!r}: no tokenizer.json there; pass a tokenizer.json file, a "
                               "directory holding one, or a Hugging Face Hub name such as 'gpt2' (downloads)")
     log.info("loading the tokenizer %r from the Hugging Face Hub", path)

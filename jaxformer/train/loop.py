@@ -160,6 +160,9 @@ def train(config, workdir: str | Path, *, progress: bool = True) -> dict:
     raise ValueError(f"model_kind={config.model_kind!r} cannot train on data.name={config.data.name!r} "
                      f"(a {ds.kind} dataset)")
   cfg = model_config(config, ds.vocab_size, getattr(ds, "num_classes", None))
+  if getattr(getattr(ds, "tokenizer", None), "kind", None) == "gpt2" and cfg.pad_id == 0:
+    raise ValueError("GPT-2's id 0 is a real token ('!'), not padding: set model.pad_id=None (as "
+                     "TransformerConfig.gpt2 does), or every '!' is masked out and unscored")
   model = build_model(config.model_kind, cfg)
   tx, schedule = make_optimizer(config.optim, cfg.d_model, tc.steps)
   local_batch = tc.batch_size // jax.process_count()  # this process's rows

@@ -8,7 +8,7 @@ A reproduction is an experiment config (experiments/NAME.py) with a `reproduce` 
   metric        where the number is in the run's results: "eval.accuracy", "eval.sequence_accuracy", "bleu", or
                 a key that the experiment's own `analyze(config, workdir, results)` returns
   metric_name   how the tables name it ("test exact match")
-  published     the paper's number; target: the threshold a run must reach; goal: "max" (reach at least the
+  published     the paper's number (or a text where it has none, e.g. an ablation's); target: the threshold a run must reach; goal: "max" (reach at least the
                 target), "min" (at most) or "report" (measured and recorded, not judged; target None)
   hardware, runtime   what the paper's setting needs here
   smoke         overrides for a seconds-long run that only checks that everything runs (never judged)
@@ -29,6 +29,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -93,6 +94,11 @@ def passed(value: float, target: float | None, goal: str) -> bool | None:
   return math.isfinite(value) and (value >= target if goal == "max" else value <= target)
 
 
+def published_text(published) -> str:
+  """The published number, or a text where the paper gives no single number (an ablation table's rows)."""
+  return published if isinstance(published, str) else f"{published:g}"
+
+
 def target_text(goal: str, target: float | None) -> str:
   return "none (reported)" if goal == "report" else f"{'≥' if goal == 'max' else '≤'} {target:g}"
 
@@ -117,45 +123,85 @@ def command_line(name: str, mode: str, overrides) -> str:
   return f"jaxformer reproduce {name}{flag}" + "".join(" " + shlex.quote(f"--config.{o}") for o in overrides)
 
 
+def _settings_key(config) -> dict:
+  """What a run's result depends on: the resolved config, less the reproduce section (the paper's numbers, not the
+  run's), the distributed settings (they differ per process) and checkpointing (how often it is saved)."""
+  d = json.loads(config.to_json_best_effort())
+  return {k: v for k, v in d.items() if k not in ("reproduce", "distributed", "checkpoint")}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+  return out
+
+
 def _check_workdir(workdir: Path, settings: dict) -> None:
-  """A workdir holds one (mode, overrides) setting: resuming it under another would mix two settings in one record."""
+  """A workdir holds one setting (mode, overrides, config): resuming it under another would mix two settings in one
+  record. Every process writes the same file, each atomically (no process reads a half-written one)."""
   f = workdir / "reproduce_settings.json"
-  if f.exists() and json.loads(f.read_text()) != settings:
-    raise ValueError(f"{workdir} holds a reproduction run with other settings ({f.read_text().strip()}); use another "
-                     "--workdir, or delete it to start afresh")
+  if f.exists():
+    old, new = _flat(json.loads(f.read_text())), _flat(settings)
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+      raise ValueError(f"{workdir} holds a reproduction run with other settings (they differ in {differ[:8]}); delete "
+                       "that folder to train it afresh, or use another --workdir")
   workdir.mkdir(parents=True, exist_ok=True)
-  f.write_text(json.dumps(settings))
+  tmp = f.with_name(f".{f.name}.{os.getpid()}")
+  tmp.write_text(json.dumps(settings))
+  tmp.replace(f)
 
 
 def _slug(label: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+  return re.sub(r"[^A-Za-z0-9_=-]+", "_", label)
 
 
-def train_variants(config, workdir: Path, variants: dict, *, progress: bool = False) -> tuple[dict, int]:
-  """Train `config` once per variant (label -> {"overrides": [...]}) in workdir/variants/<label>: the rows of an
-  ablation table. A variant finished under the same settings is read back from its results.json, not retrained, so
-  an interrupted table continues where it stopped. The run's data caches (workdir/tfds, workdir/vocab, keyed by
-  their settings) are linked into each variant's workdir, so the corpus and vocabulary are made once. Returns
-  ({label: results}, how many variants were trained now)."""
-  from jaxformer.train.loop import train
-
-  out, trained = {}, 0
-  for label, variant in variants.items():
+def _plan_variants(config, workdir: Path, variants: dict) -> dict[str, tuple]:
+  """{label: (config with the variant's overrides, its workdir)}, every workdir's settings checked: a bad override
+  or a workdir of other settings is an error before anything trains."""
+  slugs = [_slug(label) for label in variants]
+  if len(set(slugs)) != len(slugs) or any(not s.strip("_") for s in slugs):
+    raise ConfigError(f"variant labels must give distinct folder names; {list(variants)} give {slugs}")
+  plan = {}
+  for (label, variant), slug in zip(variants.items(), slugs):
     c = copy.deepcopy(config)
     for item in variant["overrides"]:
       apply_override(c, item)
-    vdir = Path(workdir) / "variants" / _slug(label)
-    _check_workdir(vdir, {"variant": label, "config": json.loads(c.to_json_best_effort())})
+    vdir = Path(workdir) / "variants" / slug
+    _check_workdir(vdir, {"variant": label, "config": _settings_key(c)})
+    plan[label] = (c, vdir)
+  return plan
+
+
+def train_variants(config, workdir: Path, variants: dict, *, revision: str = "", progress: bool = False
+                   ) -> tuple[dict, int]:
+  """Train `config` once per variant (label -> {"overrides": [...]}) in workdir/variants/<label>: the rows of an
+  ablation table. A variant finished under the same settings is read back from its results.json (which names the
+  git `revision` that trained it), not retrained, so an interrupted table continues where it stopped. The run's
+  data caches (workdir/tfds, workdir/vocab, keyed by their settings) are linked into each variant's workdir, so the
+  corpus and vocabulary are made once. Returns ({label: results}, how many variants were trained now)."""
+  from jaxformer.parallel import is_main_process
+  from jaxformer.parallel.distributed import sync
+  from jaxformer.train.loop import train
+
+  out, trained = {}, 0
+  for label, (c, vdir) in _plan_variants(config, workdir, variants).items():
     done = vdir / "results.json"
     if done.is_file() and json.loads(done.read_text())["step"] == c.train.steps:
       log.info("variant %s: finished before, read back from %s", label, done)
       out[label] = json.loads(done.read_text())
       continue
-    for cache in ("tfds", "vocab"):
-      if (Path(workdir) / cache).is_dir() and not (vdir / cache).exists():
-        (vdir / cache).symlink_to((Path(workdir) / cache).resolve(), target_is_directory=True)
-    log.info("variant %s (%d of %d): %s", label, len(out) + 1, len(variants), " ".join(variant["overrides"]))
-    out[label] = train(c, vdir, progress=progress)
+    if is_main_process():
+      for cache in ("tfds", "vocab"):
+        link = vdir / cache
+        if (Path(workdir) / cache).is_dir() and not link.is_symlink() and not link.exists():
+          link.symlink_to(os.path.relpath(Path(workdir) / cache, vdir), target_is_directory=True)
+    sync(f"variant {label}")
+    log.info("variant %s (%d of %d): %s", label, len(out) + 1, len(variants), " ".join(variants[label]["overrides"]))
+    out[label] = train(c, vdir, progress=progress) | {"git": revision}
+    if is_main_process():
+      done.write_text(json.dumps(out[label], indent=1))
     trained += 1
   return out, trained
 
@@ -191,13 +237,15 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
   preset = {"full": (), "quick": tuple(s["quick"]), "smoke": tuple(s["smoke"])}[mode]
   config = load_config(path, [*preset, *overrides])
   workdir = Path(workdir or REPO / "runs" / "reproduce" / (name + ("" if mode == "full" else f"-{mode}")))
-  _check_workdir(workdir, {"mode": mode, "overrides": overrides})  # every process writes the same settings
+  _check_workdir(workdir, {"mode": mode, "overrides": overrides, "config": _settings_key(config)})
+  variants = getattr(module, "VARIANTS", None)
+  if variants is not None:
+    _plan_variants(config, workdir, variants)  # their overrides and workdirs checked before anything trains
   revision = git_revision()  # the code that trains, not what the checkout holds when training ends
   start = time.time()
   results = train(config, workdir, progress=progress)
-  variants = getattr(module, "VARIANTS", None)
   if variants is not None:
-    variant_results, trained = train_variants(config, workdir, variants, progress=progress)
+    variant_results, trained = train_variants(config, workdir, variants, revision=revision, progress=progress)
   if record and results.get("resumed_from_step") == results["step"] and not (variants and trained):
     raise ValueError(f"{workdir} holds a finished run: nothing was trained now, so nothing is recorded; delete the "
                      "workdir (or pass another --workdir) to record a fresh run")
@@ -221,7 +269,8 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
       "extra": extra,
   }
   if variants is not None:  # reused variants were trained by an earlier invocation: the time is not the whole table's
-    record_ |= {"variants": len(variants), "variants_trained": trained}
+    record_ |= {"variants": len(variants), "variants_trained": trained,
+                "variant_revisions": sorted({r.get("git", "unknown") for r in variant_results.values()})}
   if is_main_process():  # one writer when several processes train together (asked after train() joined them)
     (workdir / "reproduction.json").write_text(json.dumps(record_, indent=1))
     plot_metric(workdir, record_)
@@ -250,7 +299,8 @@ def plot_metric(workdir: Path, record: dict) -> Path | None:
   ax.plot(*zip(*curves["eval"]), "o-", label=f"jaxformer, evaluation ({record['mode']} run)")
   if curves["train"]:  # the same key on the training batches, when logged (their weights may differ: H3 scores all)
     ax.plot(*zip(*curves["train"]), "-", alpha=0.6, label="jaxformer, training batches")
-  ax.axhline(record["published"], color="k", ls="--", label=f"published {record['published']:g}")
+  if not isinstance(record["published"], str):
+    ax.axhline(record["published"], color="k", ls="--", label=f"published {record['published']:g}")
   if record["target"] not in (None, record["published"]):
     ax.axhline(record["target"], color="r", ls=":", label=f"target {record['target']:g}")
   ax.set_xlabel("step")
@@ -269,9 +319,17 @@ def _revision(git: str) -> str:
   return sha[:10] + dirty
 
 
+def _revisions(r: dict) -> str:
+  """The revision that trained the run, and those of variants read back from an earlier invocation."""
+  others = [_revision(g) for g in r.get("variant_revisions", []) if g != r["git"]]
+  return _revision(r["git"]) + (f" (variants from {', '.join(others)})" if others else "")
+
+
 def _time(r: dict) -> str:
   resumed, notes = r.get("resumed_from_step"), []
-  if resumed:
+  if resumed and resumed == r["step"]:
+    notes.append("base run finished before, only evaluated")
+  elif resumed:
     notes.append(f"from step {resumed} to {r['step']}, resumed")
   if r.get("variants_trained", r.get("variants")) != r.get("variants"):
     notes.append(f"{r['variants_trained']} of {r['variants']} variants trained in this time")
@@ -299,11 +357,11 @@ def results_table(results_dir: Path) -> str:
     if f.exists():
       r = json.loads(f.read_text())
       verdict = {True: ": yes", False: ": **no**", None: ""}[r["passed"]]
-      row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {r['published']:g} | "
+      row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {published_text(r['published'])} | "
              f"{_fmt(r['value'])} | {target_text(r['goal'], r['target'])}{verdict} | "
-             f"{r['hardware']} | {_time(r)} | `{r['command']}` | {_revision(r['git'])}, {r['date']} |")
+             f"{r['hardware']} | {_time(r)} | `{r['command']}` | {_revisions(r)}, {r['date']} |")
     else:
-      row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {s['published']:g} | not run yet "
+      row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {published_text(s['published'])} | not run yet "
              f"| {target_text(s['goal'], s['target'])} | {s['hardware']} | {s['runtime']} (estimate) | "
              f"`jaxformer reproduce {name}` | |")
     rows.setdefault(s["family"], []).append(row)

@@ -206,3 +206,7 @@ def test_smoke_run_trains(tokenizer_json, owt_dir, tmp_path):
   assert math.isfinite(results["eval"]["nll"]) and results["eval"]["nll"] < math.log(vocab)  # better than uniform
   assert isinstance(results["sample"], str)
   assert load_tokenizer(tmp_path / "tokenizer.json").vocab_size == vocab  # the run's tokenizer, for generation
+  with c.unlocked():
+    c.model.pad_id = 0
+  with pytest.raises(ValueError, match="set model.pad_id=None"):  # GPT-2's id 0 is "!", never padding
+    train(c, tmp_path / "padded", progress=False)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from jaxformer.attention import attention
-from jaxformer.data.pipeline import BucketedBatches, PackedBatches, PaddedBatches, StepBatches, examples, shift_right
+from jaxformer.data.pipeline import (
+  BucketedBatches,
+  PackedBatches,
+  PaddedBatches,
+  StepBatches,
+  StreamBatches,
+  examples,
+  shift_right,
+)
 from jaxformer.models import build_model
 from jaxformer.nn.config import TransformerConfig
 
@@ -194,3 +202,28 @@ def test_cut_sentences_keep_their_eos_and_are_counted_once(caplog):
   for b in batches:
     assert b["inputs"][0].tolist() == [10, 11, 12, 13, 14, 15, 16, eos]
   assert [r.getMessage().split(" examples")[0] for r in caplog.records] == ["1", "10"]
+
+
+def test_stream_rows_are_the_token_stream_each_token_a_target_once_and_resume_exactly():
+  """nanoGPT's rows: documents of consecutive integers make the stream 0, 1, 2, ...; each row's targets are its
+  inputs shifted by one, the rows tile the stream, a restored iterator continues with the same batches, and a
+  finite stream ends with a short batch (the tokens after the last full row are dropped)."""
+  lengths = [5, 1, 13, 7, 2, 9, 4]  # 41 tokens
+  starts = np.cumsum([0] + lengths)
+  docs = [{"targets": np.arange(a, b, dtype=np.int32)} for a, b in zip(starts[:-1], starts[1:])]
+
+  def stream():
+    return StreamBatches(examples(docs, seed=0, shuffle=False, num_epochs=1), batch_size=2, seq_len=6)
+
+  it = stream()
+  first = next(it)
+  state = it.get_state()
+  rest = list(it)
+  targets = np.concatenate([b["targets"].ravel() for b in [first, *rest]])
+  inputs = np.concatenate([b["inputs"].ravel() for b in [first, *rest]])
+  np.testing.assert_array_equal(inputs, np.arange(len(inputs)))
+  np.testing.assert_array_equal(targets, inputs + 1)
+  assert [b["targets"].shape for b in [first, *rest]] == [(2, 6)] * 3  # 40 targets make 6 full rows; 4 are dropped
+  again = stream()
+  again.set_state(json.loads(json.dumps(state)))
+  _assert_same(rest, list(again))
