@@ -347,6 +347,13 @@ def _fmt(x) -> str:
   return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _value(r: dict) -> str:
+  """The metric, with the other numbers the experiment's analysis reported (e.g. grokking's steps to 99%)."""
+  more = [f"{k} {_fmt(v)}" for k, v in r.get("extra", {}).items()
+          if k != r.get("metric") and isinstance(v, int | float) and not isinstance(v, bool)]
+  return _fmt(r["value"]) + (f" ({', '.join(more)})" if more else "")
+
+
 def results_table(results_dir: Path) -> str:
   """RESULTS.md: one table per family, a row per reproduction, filled from results_dir/NAME.json; a reproduction
   with no recorded run is listed as not run yet, with its hardware and estimated runtime."""
@@ -358,7 +365,7 @@ def results_table(results_dir: Path) -> str:
       r = json.loads(f.read_text())
       verdict = {True: ": yes", False: ": **no**", None: ""}[r["passed"]]
       row = (f"| {name} | {r['paper']}, {r['source']} | {r['metric_name']} | {published_text(r['published'])} | "
-             f"{_fmt(r['value'])} | {target_text(r['goal'], r['target'])}{verdict} | "
+             f"{_value(r)} | {target_text(r['goal'], r['target'])}{verdict} | "
              f"{r['hardware']} | {_time(r)} | `{r['command']}` | {_revisions(r)}, {r['date']} |")
     else:
       row = (f"| {name} | {s['paper']}, {s['source']} | {s['metric_name']} | {published_text(s['published'])} | not run yet "

@@ -74,11 +74,13 @@ def test_results_table_rows(tmp_path):
                 target=1.0, goal="max", passed=False, hardware="hw", total_s=90.0, command="cmd", git="abcdef0123456",
                 date="2026-01-01")
   (tmp_path / "mingpt_sort.json").write_text(json.dumps(record))
-  resumed = dict(record, name="grokking_modular_addition", passed=True, value=1.0, step=20000, resumed_from_step=12000)
+  resumed = dict(record, name="grokking_modular_addition", passed=True, value=1.0, step=20000, resumed_from_step=12000,
+                 metric="eval.accuracy", extra={"train_99_step": 300, "test_99_step": 11400, "curve": [1, 2]})
   (tmp_path / "grokking_modular_addition.json").write_text(json.dumps(resumed))
   table = rp.results_table(tmp_path)
   assert "| mingpt_sort | P, S | m | 1 | 0.5 | ≥ 1: **no** | hw | 1.5 min | `cmd` | abcdef0123, 2026-01-01 |" in table
-  assert "| ≥ 1: yes | hw | 1.5 min (from step 12000 to 20000, resumed) |" in table
+  assert "| 1 (train_99_step 300, test_99_step 11400) | ≥ 1: yes | hw | 1.5 min (from step 12000 to 20000, resumed) |" \
+      in table
   assert "| h3_associative_recall |" in table and "not run yet" in table
   assert table.index("## synthetic tasks") < table.index("| mingpt_sort |")
 
