@@ -252,3 +252,12 @@ def test_nanogpt_baby_reaches_its_val_loss_on_the_offline_corpus(tmp_path):
 def test_in_context_regression_matches_least_squares(tmp_path):
   r = rp.reproduce("garg_icl_linear_regression", tmp_path)
   assert r["passed"] is True and r["value"] <= 0.1
+
+
+@pytest.mark.slow
+def test_aiayn_table3_in_miniature(tmp_path):
+  """18 runs (~70 min). Recorded: 13 of the 25 directions; row A (heads) reproduces beyond the seed noise."""
+  r = rp.reproduce("aiayn_table3_toy", tmp_path)
+  assert r["passed"] is None and r["variants_trained"] == r["variants"] == 17 and r["value"] >= 0.4
+  rows = {row[1]: row for row in r["extra"]["table"]["rows"]}
+  assert all(rows[h][7].endswith("✓") and rows[h][8].endswith("✓") for h in ("h=1", "h=2", "h=16"))
