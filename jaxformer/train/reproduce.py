@@ -213,7 +213,7 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
   mode: "full" (the paper's setting), "quick" (the shortened run CI judges against quick_target) or "smoke"
   (seconds; not judged). record: also write results/NAME.json and regenerate RESULTS.md (full runs of the repo's
   own experiments/NAME.py only). The default workdir is runs/reproduce/NAME (-quick, -smoke); a workdir is
-  resumed only under the same mode and overrides."""
+  resumed only under the same mode, overrides and resolved config."""
   from jaxformer.parallel import is_main_process
   from jaxformer.train.loop import train
 
@@ -249,11 +249,7 @@ def reproduce(name: str, workdir=None, overrides=(), *, mode: str = "full", reco
   if record and results.get("resumed_from_step") == results["step"] and not (variants and trained):
     raise ValueError(f"{workdir} holds a finished run: nothing was trained now, so nothing is recorded; delete the "
                      "workdir (or pass another --workdir) to record a fresh run")
-  if analyze is None:
-    extra = {}
-  else:
-    extra = analyze(config, workdir, results) if variants is None else analyze(config, workdir, results,
-                                                                                variant_results)
+  extra = {} if analyze is None else analyze(config, workdir, results, *([variant_results] if variants else []))
   results |= extra
   value = metric_value(results, s["metric"])
   target = s["quick_target"] if mode == "quick" else s["target"]
